@@ -1,0 +1,73 @@
+"""`ling-convert` command line: a thin typer shell over `ling_convert.api`.
+
+Command groups live one per module in this package and register on `app`.
+Errors from the library are mapped here, once, to a one-line message and an
+exit code (0 ok, 1 verification failed, 2 bad input or usage, 3 internal error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from ..errors import LingConvertError
+
+app = typer.Typer(name="ling-convert", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Convert, quantize, verify and sync Ling (BailingMoe) checkpoints.")
+
+# Command modules; each defines its commands on `app` at import time.
+_COMMANDS = ("core", "verify_cmd", "fp8_cmd", "dcp_cmd", "mindie_cmd", "gguf_cmd", "hybrid_cmd",
+             "config_cmd", "hub_cmd")
+DEBUG_ENV = "LING_CONVERT_DEBUG"
+
+
+def _load_commands() -> None:
+    for mod in _COMMANDS:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+
+
+def _fail(line: str, code: int) -> int:
+    hint = "" if os.environ.get(DEBUG_ENV) else f" [set {DEBUG_ENV}=1 for the traceback]" if code == 3 else ""
+    print(f"error: {line}{hint}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns (and exits with) the process exit code."""
+    _load_commands()
+    debug = bool(os.environ.get(DEBUG_ENV))
+    try:
+        app(args=argv, standalone_mode=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except LingConvertError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        code = _fail(e.one_line(), e.exit_code)
+    except KeyboardInterrupt:
+        code = _fail("interrupted; finished shards are kept, rerun with --resume to continue", 130)
+    except MemoryError:
+        code = _fail("out of memory", 3)
+    except OSError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        code = _fail(" ".join(f"{e.filename or ''}: {e.strerror or e}".split()), 2)
+    except Exception as e:  # a bug: still one line, traceback on request
+        if debug:
+            import traceback
+            traceback.print_exc()
+        code = _fail(" ".join(f"internal error: {type(e).__name__}: {e}".split())[:500], 3)
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,50 @@
+"""Shared CLI option aliases and the render layer (rich for humans, JSON for machines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+SrcArg = Annotated[Path, typer.Argument(help="Source checkpoint (file or directory, any supported format).")]
+OutArg = Annotated[Path, typer.Argument(help="Output path (created atomically).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty output.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run, reusing finished shards.")]
+MaxShardOpt = Annotated[str, typer.Option("--max-shard-size", help="Shard byte budget, decimal like the Hub (5GB).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+FromOpt = Annotated[Optional[str], typer.Option("--from", help="Source format (default: detected).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print route and shard plan; read no tensor data.")]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@contextmanager
+def byte_progress(total: int, label: str, quiet: bool = False):
+    """A rich bar (bytes, rate, ETA) on a TTY; a no-op callback otherwise."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,121 @@
+"""Core commands: convert, bin2st, inspect, formats, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import api
+from . import app
+from .common import (DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+                     byte_progress, emit_json, human_bytes, out)
+
+
+def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
+                 as_json, options=None):
+    if dry_run:
+        r = api.convert(src, dst, to=to, from_format=from_format, max_shard_size=max_shard_size, dry_run=True,
+                        options=options)
+        _print_result(r, as_json)
+        return r
+    lazy_total = None
+    with byte_progress(lazy_total or 0, f"{to}", quiet=as_json) as prog:
+        r = api.convert(src, dst, to=to, from_format=from_format, max_shard_size=max_shard_size, force=force,
+                        resume=resume, options=options, progress=prog)
+    _print_result(r, as_json)
+    return r
+
+
+def _print_result(r: api.ConvertResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(r.__dict__)
+        return
+    route = " -> ".join([r.source_format, *r.route]) if r.route else r.source_format
+    out.print(f"route: {route} => {r.target_format}")
+    out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    if r.dry_run:
+        t = Table("shard", "tensors", "bytes")
+        for s in r.shards:
+            t.add_row(s["file"], str(s["tensors"]), human_bytes(s["bytes"]))
+        out.print(t)
+        out.print("dry run: no tensor data read, nothing written")
+    else:
+        out.print(f"wrote {r.output}")
+
+
+@app.command()
+def convert(src: SrcArg, dst: OutArg,
+            to: Annotated[str, typer.Option("--to", help="Target format (see `ling-convert formats`).")] = "safetensors",
+            from_format: FromOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
+            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+    """Convert SRC to format --to; the route planner finds the chain of converters."""
+    _run_convert(src, dst, to, from_format=from_format, max_shard_size=max_shard_size, force=force,
+                 resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+@app.command()
+def bin2st(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
+           resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+    """HF .bin -> HF safetensors (bit-exact, streamed, sharded)."""
+    _run_convert(src, dst, "safetensors", from_format="bin", max_shard_size=max_shard_size, force=force,
+                 resume=resume, dry_run=dry_run, as_json=as_json)
+
+
+@app.command()
+def inspect(path: SrcArg, from_format: FromOpt = None, as_json: JsonOpt = False):
+    """Format, architecture, layer/expert counts, parameters, dtypes, files."""
+    info = api.inspect_checkpoint(path, from_format)
+    if as_json:
+        emit_json(info)
+        return
+    t = Table(show_header=False, box=None)
+    for k, v in info.items():
+        if k == "parameters" and v:
+            v = ", ".join(f"{kk} {vv / 1e9:.3f}B" if vv > 1e8 else f"{kk} {vv:,}" for kk, vv in v.items())
+        elif k == "bytes":
+            v = human_bytes(v)
+        elif isinstance(v, (list, dict)):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items()) if isinstance(v, dict) else ", ".join(map(str, v)) or "-"
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+@app.command()
+def formats(as_json: JsonOpt = False):
+    """List the format nodes and converter edges of the graph."""
+    from ..converters import all_edges
+    from ..formats import all_formats
+    fm = {n: {"summary": f.summary, "writable": f.write is not None} for n, f in all_formats().items()}
+    ed = [{"edge": e.name, "from": e.src, "to": e.dst, "lossless": e.lossless} for e in all_edges()]
+    if as_json:
+        emit_json({"formats": fm, "edges": ed})
+        return
+    t = Table("format", "writable", "summary")
+    for n, f in fm.items():
+        t.add_row(n, "yes" if f["writable"] else "no", f["summary"])
+    out.print(t)
+    t = Table("edge", "from", "to", "lossless")
+    for e in ed:
+        t.add_row(e["edge"], e["from"], e["to"], "yes" if e["lossless"] else "no")
+    out.print(t)
+
+
+@app.command()
+def demo(workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to build (default: a temp dir).")] = None,
+         as_json: JsonOpt = False):
+    """Build the embedded tiny Ling models and run every edge, printing a parity table."""
+    from ..demo import run_demo
+    rows = run_demo(workdir)
+    if as_json:
+        emit_json(rows)
+        return
+    t = Table("model", "edge", "seconds", "bytes", "parity")
+    for r in rows:
+        t.add_row(r["model"], r["edge"], f"{r['seconds']:.2f}", human_bytes(r["bytes"]), r["parity"])
+    out.print(t)
+    bad = [r for r in rows if r["parity"].startswith("FAIL")]
+    if bad:
+        raise typer.Exit(1)

@@ -1,0 +1,322 @@
+"""HF safetensors (single file or sharded with `model.safetensors.index.json`).
+
+The header is parsed and checked here (not by the safetensors library) so that a
+malformed file gets an error naming the file, the tensor and what is wrong.
+Data is read per tensor with `pread`; the writer streams tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import BadInputError, CorruptFileError, MissingShardError
+from ..source import ST_DTYPES, ST_NAMES, Source, TensorInfo, contained, dtype_size, ordered
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+MAX_HEADER = 100 * 1024 * 1024  # ref: safetensors rejects headers over 100 MB as well
+
+
+# -- header ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    info: TensorInfo
+    begin: int      # absolute file offset of the first byte
+    end: int
+
+
+def _no_dup_pairs(path: Path):
+    def hook(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise CorruptFileError("header lists the tensor twice", path=path, tensor=k,
+                                       fix="re-export the file; names must be unique")
+            seen.add(k)
+        return dict(pairs)
+    return hook
+
+
+def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
+    """Parse and validate a safetensors header: -> (entries, __metadata__)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptFileError(f"file is {size} bytes, too short for a safetensors header",
+                                   path=path, fix="the file is truncated; download or convert it again")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise CorruptFileError(f"header length {n} runs past the end of the {size}-byte file",
+                                   path=path, fix="the file is truncated or not safetensors; re-download it")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup_pairs(path))
+    except UnicodeDecodeError:
+        raise CorruptFileError("header is not valid UTF-8", path=path, fix="re-export the file") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"header is not valid JSON ({e.msg})", path=path, fix="re-export the file") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError("header is not a JSON object", path=path, fix="re-export the file")
+    meta = header.pop("__metadata__", None) or {}
+    entries = {name: _entry(path, name, spec, 8 + n, size) for name, spec in header.items()}
+    _check_overlaps(path, entries)
+    return entries, meta
+
+
+def _entry(path: Path, name: str, spec, data_start: int, size: int) -> Entry:
+    bad = lambda msg: CorruptFileError(msg, path=path, tensor=name, fix="re-export the file")  # noqa: E731
+    if not isinstance(spec, dict):
+        raise bad("header entry is not an object")
+    dtype = ST_DTYPES.get(spec.get("dtype"))
+    if dtype is None:
+        raise bad(f"unknown dtype {spec.get('dtype')!r}; expected one of {sorted(ST_DTYPES)}")
+    shape, offs = spec.get("shape"), spec.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+            and 0 <= offs[0] <= offs[1]):
+        raise bad(f"data_offsets {offs!r} are not [begin, end] with begin <= end")
+    info = TensorInfo(tuple(shape), dtype)
+    if offs[1] - offs[0] != info.nbytes:
+        raise bad(f"{spec['dtype']} {shape} needs {info.nbytes} bytes but data_offsets span {offs[1] - offs[0]}")
+    if data_start + offs[1] > size:
+        raise bad(f"data ends at byte {data_start + offs[1]}, past the end of the {size}-byte file "
+                  "(file truncated?)")
+    return Entry(info, data_start + offs[0], data_start + offs[1])
+
+
+def _check_overlaps(path: Path, entries: dict[str, Entry]) -> None:
+    spans = sorted((e.begin, e.end, k) for k, e in entries.items() if e.end > e.begin)
+    for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CorruptFileError(f"data of {k0!r} and {k1!r} overlap", path=path, tensor=k1,
+                                   fix="re-export the file")
+
+
+def read_tensor(path: Path, entry: Entry) -> torch.Tensor:
+    n = entry.end - entry.begin
+    buf = bytearray(n)
+    with open(path, "rb", buffering=0) as f:
+        got = _pread_into(f, buf, entry.begin)
+    if got != n:
+        raise CorruptFileError(f"expected {n} bytes, read {got}", path=path, fix="the file is truncated")
+    if n == 0:
+        return torch.empty(entry.info.shape, dtype=entry.info.dtype)
+    return torch.frombuffer(buf, dtype=entry.info.dtype).reshape(entry.info.shape)
+
+
+def _pread_into(f, buf: bytearray, offset: int) -> int:
+    view, done = memoryview(buf), 0
+    while done < len(buf):
+        chunk = os.preadv(f.fileno(), [view[done:]], offset + done)
+        if chunk == 0:
+            break
+        done += chunk
+    return done
+
+
+# -- reader -------------------------------------------------------------------
+
+def shard_files(path: Path, index_name: str) -> dict[str, Path] | None:
+    """weight_map name -> shard path, from an index; None if there is no index."""
+    idx = path / index_name
+    if not idx.exists():
+        return None
+    try:
+        data = json.loads(idx.read_text())
+        wm = data["weight_map"]
+        assert isinstance(wm, dict)
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise BadInputError("index is not JSON with a 'weight_map' object", path=idx,
+                            fix="regenerate the index") from None
+    out = {}
+    for name, rel in wm.items():
+        if not isinstance(rel, str):
+            raise BadInputError(f"weight_map value {rel!r} is not a file name", path=idx, tensor=name,
+                                fix="regenerate the index")
+        shard = contained(path, rel, what="shard", origin=idx)
+        if not shard.is_file():
+            raise MissingShardError(f"index names shard {rel!r}, which does not exist", path=idx, tensor=name,
+                                    fix="download the missing shard or regenerate the index")
+        out[name] = shard
+    return out
+
+
+def detect(path: Path) -> bool:
+    path = Path(path)
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    return (path / INDEX).exists() or (path / SINGLE).exists() or any(path.glob("*.safetensors"))
+
+
+def open_source(path: Path, fmt: str = "safetensors") -> Source:
+    """Open a safetensors checkpoint (dir with index, dir with one file, or a file)."""
+    path = Path(path)
+    root = path.parent if path.is_file() else path
+    files = _files(path)
+    infos, thunks = {}, {}
+    for file in files:
+        entries, _ = read_header(file)
+        for name, entry in entries.items():
+            if name in infos:
+                raise CorruptFileError("tensor appears in two shards", path=file, tensor=name,
+                                       fix="remove the duplicate shard or regenerate the index")
+            infos[name] = entry.info
+            thunks[name] = _thunk(file, entry)
+    _check_index_consistent(root, infos)
+    from . import read_config, aux_files
+    return Source(path=root, format=fmt, config=read_config(root), infos=infos, thunks=thunks,
+                  aux=aux_files(root))
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    wm = shard_files(path, INDEX)
+    if wm is not None:
+        return sorted(set(wm.values()))
+    if (path / SINGLE).exists():
+        return [path / SINGLE]
+    found = sorted(path.glob("*.safetensors"))
+    if not found:
+        raise BadInputError("no safetensors files found", path=path, fix="point at a checkpoint directory")
+    return found
+
+
+def _check_index_consistent(root: Path, infos: dict) -> None:
+    idx = root / INDEX
+    if not idx.exists():
+        return
+    wm = json.loads(idx.read_text())["weight_map"]
+    missing = [k for k in wm if k not in infos]
+    if missing:
+        raise MissingShardError(f"index lists {len(missing)} tensor(s) absent from the shards, e.g. {missing[0]!r}",
+                                path=idx, fix="regenerate the index or restore the shard")
+
+
+def _thunk(file: Path, entry: Entry) -> Callable[[], torch.Tensor]:
+    return lambda: read_tensor(file, entry)
+
+
+# -- writer ------------------------------------------------------------------
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 (decimal, as huggingface_hub); '2GiB' binary; bare ints are bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    for u, mult in units.items():
+        if s.endswith(u):
+            num = s[: -len(u)]
+            break
+    else:
+        num, mult = s, 1
+    try:
+        value = int(float(num) * mult)
+    except ValueError:
+        raise BadInputError(f"cannot parse size {text!r}", fix="use e.g. 5GB, 500MB or 2GiB") from None
+    if value <= 0:
+        raise BadInputError(f"size {text!r} must be positive", fix="use e.g. 5GB")
+    return value
+
+
+def plan_shards(infos: dict[str, TensorInfo], max_bytes: int) -> list[list[str]]:
+    """Greedy byte-budget sharding in layer order (a tensor larger than the budget gets its own shard)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in ordered(infos):
+        n = infos[name].nbytes
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards if shards[0] else []
+
+
+def shard_names(n: int, stem: str = "model", ext: str = "safetensors") -> list[str]:
+    if n == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{i:05d}-of-{n:05d}.{ext}" for i in range(1, n + 1)]
+
+
+def header_bytes(infos: dict[str, TensorInfo], names: list[str], metadata: dict | None = None) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    off = 0
+    for name in names:
+        i = infos[name]
+        header[name] = {"dtype": ST_NAMES[i.dtype], "shape": list(i.shape), "data_offsets": [off, off + i.nbytes]}
+        off += i.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """Raw little-endian bytes of a tensor without a copy when it is already contiguous."""
+    t = t.detach().contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def write_shard(path: Path, names: list[str], infos: dict[str, TensorInfo],
+                load: Callable[[str], torch.Tensor], on_bytes: Callable[[int], None] | None = None) -> str:
+    """Write one shard tensor by tensor; returns its sha256 (hashed while writing)."""
+    h = hashlib.sha256()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        head = header_bytes(infos, names)
+        f.write(head)
+        h.update(head)
+        for name in names:
+            data = tensor_bytes(load(name))
+            f.write(data)
+            h.update(data)
+            if on_bytes:
+                on_bytes(len(data))
+            del data
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return h.hexdigest()
+
+
+def write_index(staged, files: dict[str, list[str]], infos: dict[str, TensorInfo], name: str = INDEX) -> None:
+    weight_map = {t: f for f, ts in files.items() for t in ts}
+    staged.write_json(name, {"metadata": {"total_size": sum(infos[t].nbytes for t in weight_map)},
+                             "weight_map": dict(sorted(weight_map.items()))})
+
+
+def write_tensors(staged, src: Source, max_shard_size: int, progress=None) -> dict:
+    """Write `src`'s tensors as safetensors shards into a StagedOutput. -> {file: [tensor names]}.
+
+    The caller writes the index (`write_index`) after everything else."""
+    plan = plan_shards(src.infos, max_shard_size)
+    names = shard_names(len(plan))
+    for fname, tensors in zip(names, plan):
+        if staged.reusable(fname):
+            if progress:
+                progress(sum(src.infos[t].nbytes for t in tensors))
+            continue
+        sha = write_shard(staged.path(fname), tensors, src.infos, src.load, progress)
+        staged.done(fname, sha)
+    return dict(zip(names, plan))
+
+
+def iter_shard_plan(src: Source, max_shard_size: int) -> Iterable[tuple[str, list[str], int]]:
+    plan = plan_shards(src.infos, max_shard_size)
+    for fname, tensors in zip(shard_names(len(plan)), plan):
+        yield fname, tensors, sum(src.infos[t].nbytes for t in tensors)
