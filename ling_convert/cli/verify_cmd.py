@@ -1,0 +1,79 @@
+"""`ling-convert verify A [B]`: logits parity through the reference forward pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInputError
+from . import app
+from .common import JsonOpt, emit_json, out
+
+
+def parse_tol(text: str | None) -> dict | None:
+    """'1e-3' (max-abs) or 'kl=1e-3,top1=0.95,max_abs=0.1'."""
+    if not text:
+        return None
+    try:
+        if "=" not in text:
+            return {"max_abs": float(text)}
+        pairs = dict(p.split("=", 1) for p in text.split(","))
+        tol = {k.strip(): float(v) for k, v in pairs.items()}
+    except ValueError:
+        raise BadInputError(f"cannot parse --tol {text!r}", fix="use e.g. --tol 1e-3 or --tol kl=1e-3,top1=0.95") from None
+    unknown = set(tol) - {"max_abs", "kl", "top1"}
+    if unknown:
+        raise BadInputError(f"unknown tolerance key(s) {sorted(unknown)}", fix="use max_abs, kl and/or top1")
+    return tol
+
+
+def parse_tokens(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise BadInputError(f"cannot parse --tokens {text!r}", fix="use comma-separated ids, e.g. 1,2,3") from None
+
+
+@app.command()
+def verify(a: Annotated[Path, typer.Argument(help="Checkpoint A (any format).")],
+           b: Annotated[Optional[Path], typer.Argument(help="Checkpoint B; omit to summarise A alone.")] = None,
+           tokens: Annotated[Optional[str], typer.Option("--tokens", help="Comma-separated token ids.")] = None,
+           seq_len: Annotated[int, typer.Option("--seq-len", help="Random tokens when --tokens is not given.")] = 32,
+           seed: Annotated[int, typer.Option("--seed")] = 0,
+           tol: Annotated[Optional[str], typer.Option("--tol", help="Override: 1e-3 or kl=..,top1=..,max_abs=..")] = None,
+           layers: Annotated[Optional[int], typer.Option("--layers", help="Compare hidden states after N layers.")] = None,
+           mtp: Annotated[bool, typer.Option("--mtp", help="Also compare MTP-layer outputs.")] = False,
+           as_json: JsonOpt = False):
+    """Prove logits parity between A and B (exit 0 pass, 1 fail)."""
+    from ..verify import verify as run
+    if seq_len < 1:
+        raise BadInputError("--seq-len must be >= 1", fix="e.g. --seq-len 32")
+    rep = run(a, b, tokens=parse_tokens(tokens), seq_len=seq_len, seed=seed, tol=parse_tol(tol), layers=layers,
+              mtp=mtp)
+    if as_json:
+        emit_json(rep.to_dict())
+    else:
+        _render(rep)
+    if not rep.passed:
+        raise typer.Exit(1)
+
+
+def _render(rep) -> None:
+    if rep.b is None:
+        t = Table("field", "value", title=f"reference summary of {rep.a}")
+        for k, v in rep.summary.items():
+            t.add_row(k, str(v))
+        out.print(t)
+        return
+    t = Table("metric", "value", title=f"{rep.compared}: {rep.a} vs {rep.b} ({rep.edge_class})")
+    for k in ("max_abs", "mean_abs", "kl_last", "top1", "cosine", "exact"):
+        t.add_row(k, f"{getattr(rep, k):.3e}" if isinstance(getattr(rep, k), float) else str(getattr(rep, k)))
+    for name, m in rep.mtp.items():
+        t.add_row(f"{name} max_abs", f"{m['max_abs']:.3e}")
+    out.print(t)
+    out.print(f"tolerance {rep.tolerance}: {'PASS' if rep.passed else 'FAIL'}")
