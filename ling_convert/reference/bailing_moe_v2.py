@@ -76,7 +76,7 @@ def group_limited_topk(biased: torch.Tensor, args: Args) -> torch.Tensor:
 def route(flat: torch.Tensor, w: LayerWeights, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid router: expert_bias steers selection only; gates are the unbiased scores, renormalised."""
     scores = torch.sigmoid(F.linear(flat, w("mlp.gate.weight")))  # [N, E]
-    idx = group_limited_topk(scores + w("mlp.gate.expert_bias"), args)  # [N, k]
+    idx = group_limited_topk(scores + w("mlp.gate.expert_bias", (args.num_experts,)), args)  # [N, k]
     gates = scores.gather(1, idx)  # [N, k]
     if args.num_experts_per_tok > 1:
         # NOTE: HF renormalises whatever norm_topk_prob says (architectures.md §2.3).

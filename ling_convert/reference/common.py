@@ -190,12 +190,17 @@ class LayerWeights:
         self.weight = weight
         self.prefix = prefix
 
-    def __call__(self, suffix: str) -> torch.Tensor:
-        return self.weight(self.prefix + suffix).float()
+    def __call__(self, suffix: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        t = self.weight(self.prefix + suffix)
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            # NOTE: a wrong head_dim or head split can still load; fail on shape, not on a broadcast.
+            raise ValueError(f"{self.prefix}{suffix} has shape {list(t.shape)}, config implies {list(shape)}; "
+                             "check head_dim, num_attention_heads and num_key_value_heads")
+        return t.float()
 
-    def maybe(self, suffix: str, present: bool) -> torch.Tensor | None:
+    def maybe(self, suffix: str, present: bool, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """Fetch only when the config says the tensor exists (biases, QK-norm)."""
-        return self(suffix) if present else None
+        return self(suffix, shape) if present else None
 
 
 def embed(weight: WeightFn, tokens: torch.Tensor) -> torch.Tensor:
@@ -286,7 +291,8 @@ def _yarn_inv_freq(theta: float, dim: int, scaling: dict) -> tuple[torch.Tensor,
     return inv_freq, get_mscale(s["mscale"]) / get_mscale(s["mscale_all_dim"])
 
 
-def rope_cos_sin(theta: float, rot_dim: int, scaling: dict | None, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(theta: float, rot_dim: int, scaling: dict | None,
+                 seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables [T, rot_dim] for positions 0..T-1 (rotate_half layout: freqs repeated twice)."""
     positions = torch.arange(seq_len, dtype=torch.float32)
     scale = 1.0
@@ -328,17 +334,15 @@ def attention_block(x: torch.Tensor, w: LayerWeights, args: CommonArgs, cos: tor
     """Fused-QKV GQA attention with RoPE (and v2 per-head QK RMSNorm before RoPE); x [B, T, H]."""
     b, t, _ = x.shape
     nh, nkv, d = args.num_attention_heads, args.num_key_value_heads, args.head_dim
-    qkv_w = w("attention.query_key_value.weight")
-    if tuple(qkv_w.shape) != ((nh + 2 * nkv) * d, args.hidden_size):
-        # NOTE: Ling-plus ships two head layouts with the same QKV size only when head_dim is derived.
-        raise ValueError(f"{w.prefix}attention.query_key_value.weight has shape {tuple(qkv_w.shape)}, "
-                         f"config implies [{(nh + 2 * nkv) * d}, {args.hidden_size}]; check head_dim/heads")
-    qkv = F.linear(x, qkv_w, w.maybe("attention.query_key_value.bias", args.use_qkv_bias))
+    rows = (nh + 2 * nkv) * d
+    qkv = F.linear(x, w("attention.query_key_value.weight", (rows, args.hidden_size)),
+                   w.maybe("attention.query_key_value.bias", args.use_qkv_bias, (rows,)))
     qkv = qkv.view(b, t, nh + 2 * nkv, d)  # [B, T, (nh+2nkv)*d] -> [B, T, nh+2nkv, d]
     q, k, v = (part.transpose(1, 2) for part in qkv.split([nh, nkv, nkv], dim=2))  # [B, heads, T, d]
     if qk_norm:
-        q = rms_norm(q, w("attention.query_layernorm.weight"), args.rms_norm_eps)
-        k = rms_norm(k, w("attention.key_layernorm.weight"), args.rms_norm_eps)
+        q = rms_norm(q, w("attention.query_layernorm.weight", (d,)), args.rms_norm_eps)  # per head
+        k = rms_norm(k, w("attention.key_layernorm.weight", (d,)), args.rms_norm_eps)
     o = causal_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # [B, nh, T, d]
     o = o.transpose(1, 2).reshape(b, t, nh * d)  # [B, nh, T, d] -> [B, T, nh*d]
-    return F.linear(o, w("attention.dense.weight"), w.maybe("attention.dense.bias", args.use_bias))
+    return F.linear(o, w("attention.dense.weight", (args.hidden_size, nh * d)),
+                    w.maybe("attention.dense.bias", args.use_bias, (args.hidden_size,)))
