@@ -109,7 +109,8 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
                 and "shared" not in name:
             shape = (I, H) if not name.endswith("down_proj.weight") else (H, I)
         else:
-            shape = next(v for k, v in by_suffix.items() if name.endswith(k))
+            # Longest suffix wins: "query_layernorm.weight" before "norm.weight".
+            shape = by_suffix[max((k for k in by_suffix if name.endswith("." + k) or name == k), key=len)]
         out[name] = shape
     return out
 

@@ -1,0 +1,195 @@
+"""A loopback stand-in for the Hugging Face Hub and ModelScope, for offline tests.
+
+It implements only the routes the real clients call (huggingface_hub 2.4 with
+Xet disabled; modelscope 1.40 / modelscope-hub 0.5), keeps every repository in
+memory as a small git-like model (branches -> commits -> {path: entry}), and
+can inject faults: an HTTP 500, a connection dropped while a body is sent, a
+truncated or corrupted download, and a hostile listing entry such as `../x`.
+
+    with HubStandin(token="hf_test") as hub:
+        HfApi(endpoint=hub.url, token="hf_test").create_repo("org/m")
+
+Binds 127.0.0.1 only; every socket has a timeout and the server stops itself
+after `max_lifetime` seconds, so a stuck test cannot leave it running.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+# Files stored as LFS objects, as the Hub's default .gitattributes does.
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".npy", ".h5", ".msgpack")
+HF_DEFAULT, MS_DEFAULT = "main", "master"
+
+
+def git_oid(data: bytes) -> str:
+    """git blob id: sha1 over 'blob <size>\\0' + content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n".encode()
+
+
+@dataclass(frozen=True)
+class Entry:
+    size: int
+    sha256: str          # content hash (key into the blob store)
+    lfs: bool
+    oid: str             # git blob id: of the content, or of the LFS pointer
+
+
+@dataclass
+class Repo:
+    private: bool
+    default: str
+    branches: dict[str, str] = field(default_factory=dict)        # name -> commit id
+    commits: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    prs: int = 0
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern
+    kind: str            # "500" | "drop" | "truncate" | "corrupt"
+    times: int
+
+
+class Stop(Exception):
+    """Raised inside a handler to end the connection without a response."""
+
+
+class HubStandin:
+    def __init__(self, token: str = "standin-token", *, lfs_threshold: int = 10_000_000,
+                 max_lifetime: float = 300.0):
+        self.token, self.lfs_threshold, self.max_lifetime = token, lfs_threshold, max_lifetime
+        self.repos: dict[str, Repo] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.faults: list[Fault] = []
+        self.extra_listing: dict[str, list[str]] = {}   # repo -> bogus paths added to listings
+        self.log: list[tuple[str, str, int]] = []       # (method, path, request body bytes)
+        self.lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def __enter__(self) -> "HubStandin":
+        handler = type("Handler", (_Handler,), {"hub": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        # NOTE: a watchdog so the server ends even if a test never reaches its teardown.
+        self._watchdog = threading.Timer(self.max_lifetime, self.stop)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self._watchdog.cancel()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # -- test controls -------------------------------------------------------
+    def fail(self, method: str, path_regex: str, kind: str = "500", times: int = 1) -> None:
+        self.faults.append(Fault(method, re.compile(path_regex), kind, times))
+
+    def take_fault(self, method: str, path: str, kinds: tuple[str, ...]) -> str | None:
+        with self.lock:
+            for f in self.faults:
+                if f.times > 0 and f.kind in kinds and f.method == method and f.pattern.search(path):
+                    f.times -= 1
+                    return f.kind
+        return None
+
+    def requests(self, method: str, pattern: str) -> list[tuple[str, str, int]]:
+        rx = re.compile(pattern)
+        return [r for r in self.log if r[0] == method and rx.search(r[1])]
+
+    def files(self, repo_id: str, rev: str | None = None) -> dict[str, bytes]:
+        """The content of every file of `repo_id` at a branch (for assertions)."""
+        repo = self.repos[repo_id]
+        tree = repo.commits[repo.branches[rev or repo.default]]
+        return {p: self.blobs[e.sha256] for p, e in tree.items()}
+
+    # -- model operations ------------------------------------------------------
+    def create(self, repo_id: str, private: bool, default: str) -> bool:
+        with self.lock:
+            if repo_id in self.repos:
+                return False
+            repo = Repo(private, default)
+            cid = self._commit_id(repo_id, {}, "initial", "")
+            repo.commits[cid] = {}
+            repo.branches[default] = cid
+            self.repos[repo_id] = repo
+            return True
+
+    def head(self, repo_id: str, rev: str) -> tuple[str, dict[str, Entry]] | None:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return None
+        cid = repo.branches.get(rev, rev if rev in repo.commits else None)
+        return (cid, repo.commits[cid]) if cid else None
+
+    def apply(self, repo_id: str, branch: str, adds: dict[str, Entry], deletes: list[str], message: str,
+              *, create_pr: bool = False) -> tuple[str, str | None]:
+        """Make a commit on `branch` (or on a new PR ref); returns (commit id, pr ref)."""
+        with self.lock:
+            repo = self.repos[repo_id]
+            parent = repo.branches[branch]
+            tree = dict(repo.commits[parent])
+            for p in deletes:
+                tree.pop(p, None)
+            tree.update(adds)
+            cid = self._commit_id(repo_id, tree, message, parent)
+            repo.commits[cid] = tree
+            ref = None
+            if create_pr:
+                repo.prs += 1
+                ref = f"refs/pr/{repo.prs}"
+                branch = ref
+            repo.branches[branch] = cid
+            return cid, ref
+
+    def regular(self, data: bytes) -> Entry:
+        sha = hashlib.sha256(data).hexdigest()
+        with self.lock:
+            self.blobs.setdefault(sha, data)
+        return Entry(len(data), sha, False, git_oid(data))
+
+    def lfs_entry(self, sha: str, size: int) -> Entry | None:
+        data = self.blobs.get(sha)
+        if data is None or len(data) != size:
+            return None
+        return Entry(size, sha, True, git_oid(lfs_pointer(sha, size)))
+
+    def is_lfs(self, path: str, size: int) -> bool:
+        return path.endswith(LFS_SUFFIXES) or size >= self.lfs_threshold
+
+    def _commit_id(self, repo_id: str, tree: dict, message: str, parent: str) -> str:
+        h = hashlib.sha1(f"{repo_id}\n{parent}\n{message}\n{time.time_ns()}".encode())
+        for p, e in sorted(tree.items()):
+            h.update(f"{p}\0{e.sha256}\n".encode())
+        return h.hexdigest()
+
+    def authorized(self, headers) -> bool:
+        auth = headers.get("Authorization", "")
+        cookie = headers.get("Cookie", "")
+        return auth == f"Bearer {self.token}" or f"m_session_id={self.token}" in cookie
+
