@@ -119,7 +119,7 @@ def test_refuses_nonempty_output_unless_force(tiny, tmp_path, cli):
 def test_dry_run_reads_no_tensor_data(tiny, tmp_path, monkeypatch):
     import ling_convert.formats.hf_bin as hb
     calls = []
-    monkeypatch.setattr(hb._ShardCache, "get", lambda self, f, n: calls.append(n))
+    monkeypatch.setattr(hb, "_read", lambda loc: calls.append(loc))
     r = api.convert(tiny("ling-lite", "bin", 2), tmp_path / "o", dry_run=True, max_shard_size="100KB")
     assert r.dry_run and r.route == ["bin2st"] and len(r.shards) >= 2
     assert sum(s["bytes"] for s in r.shards) == r.bytes
@@ -153,3 +153,16 @@ def test_formats_command_lists_graph(cli):
     data = json.loads(out)
     assert code == 0 and "bin" in data["formats"] and "safetensors" in data["formats"]
     assert {"edge": "bin2st", "from": "bin", "to": "safetensors", "lossless": True} in data["edges"]
+
+
+def test_bin_views_shared_storage_and_strides(tmp_path):
+    """Tied weights, slices at an offset and transposed views read back exactly."""
+    from ling_convert.formats.hf_bin import open_source as open_bin
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    sd = {"tied.a": base, "tied.b": base, "slice": base[2:4], "col": base[:, 3], "t": base.t(),
+          "other": torch.randn(3, 3).to(torch.bfloat16), "empty": torch.empty(0, 4)}
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    src = open_bin(tmp_path)
+    for k, v in sd.items():
+        got = src.load(k)
+        assert got.dtype == v.dtype and torch.equal(got, v.contiguous()), k

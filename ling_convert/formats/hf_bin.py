@@ -1,14 +1,17 @@
 """HF PyTorch `.bin` checkpoints, single or sharded (`pytorch_model.bin.index.json`).
 
-Loaded with `torch.load(mmap=True, weights_only=True)`: the zip's pickle is read by
-torch's restricted unpickler (no code runs) and tensor data stays memory-mapped,
-so opening a 100 GB shard costs only its pickle.
+Opened with `torch.load(mmap=True, weights_only=True)`: the zip's pickle is read by
+torch's restricted unpickler (no code runs) and no tensor data is touched, so
+opening a 100 GB shard costs only its pickle. Tensor bytes are then read per
+tensor with pread at offsets located from the zip records.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +19,7 @@ import torch
 from ..errors import BadInputError, CorruptFileError, UnsafePickleError
 from ..source import Source, TensorInfo
 from . import Format, aux_files, read_config, register
-from .safetensors import shard_files
+from .safetensors import _pread_into, shard_files
 
 INDEX = "pytorch_model.bin.index.json"
 SINGLE = "pytorch_model.bin"
@@ -49,18 +52,69 @@ def load_state(file: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-class _ShardCache:
-    """Keep one shard's mmap open at a time (enough for in-order streaming)."""
+@dataclass(frozen=True)
+class _Loc:
+    """Where one tensor's bytes live inside the zip (found once, at open)."""
 
-    def __init__(self):
-        self.file: Path | None = None
-        self.sd: dict | None = None
+    file: Path
+    offset: int                   # absolute file offset of the first byte the view touches
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
 
-    def get(self, file: Path, name: str) -> torch.Tensor:
-        if self.file != file:
-            self.sd, self.file = None, None
-            self.sd, self.file = load_state(file), file
-        return self.sd[name]  # mmap-backed; the writer copies bytes out as it goes
+
+def _data_entries(file: Path) -> list[tuple[int, int]]:
+    """(file offset, size) of every stored tensor-data record, in file order."""
+    out = []
+    with zipfile.ZipFile(file) as z, open(file, "rb") as f:
+        for info in z.infolist():
+            if "/data/" not in info.filename or info.filename.endswith("/"):
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CorruptFileError(f"record {info.filename!r} is compressed", path=file,
+                                       fix="re-save with torch.save (records must be stored uncompressed)")
+            f.seek(info.header_offset)
+            local = f.read(30)
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            out.append((info.header_offset + 30 + name_len + extra_len, info.file_size))
+    return sorted(out)
+
+
+def _locate(file: Path, sd: dict[str, torch.Tensor]) -> dict[str, _Loc]:
+    """Map each tensor to a byte range of the file, so reads use pread, not the mmap.
+
+    torch maps the whole file once, so storages sit at increasing addresses in the
+    same order as their zip records: pairing the two sorted lists gives offsets.
+    Reading with pread keeps peak RSS at one tensor even for a 30 GB single .bin."""
+    storages = sorted({(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in sd.values()})
+    records = [r for r in _data_entries(file) if r[1] > 0]
+    storages = [s for s in storages if s[1] > 0]
+    if len(storages) != len(records) or any(s[1] != r[1] for s, r in zip(storages, records)):
+        raise CorruptFileError("tensor records do not match the pickle's storages", path=file,
+                               fix="the archive is damaged; re-download or re-save it")
+    base = {ptr: off for (ptr, _), (off, _) in zip(storages, records)}
+    locs = {}
+    for name, t in sd.items():
+        item = t.element_size()
+        ptr = t.untyped_storage().data_ptr()
+        span = (t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) if t.numel() else 0
+        first = t.storage_offset() * item
+        locs[name] = _Loc(file, base.get(ptr, 0) + first, max(span * item - first, 0), t.dtype,
+                          tuple(t.shape), tuple(t.stride()))
+    return locs
+
+
+def _read(loc: _Loc) -> torch.Tensor:
+    if loc.nbytes == 0:
+        return torch.empty(loc.shape, dtype=loc.dtype)
+    buf = bytearray(loc.nbytes)
+    with open(loc.file, "rb", buffering=0) as f:
+        got = _pread_into(f, buf, loc.offset)
+    if got != loc.nbytes:
+        raise CorruptFileError(f"expected {loc.nbytes} bytes, read {got}", path=loc.file, fix="the file is truncated")
+    flat = torch.frombuffer(buf, dtype=loc.dtype)
+    return flat.as_strided(loc.shape, loc.stride).contiguous()
 
 
 def open_source(path: Path) -> Source:
@@ -72,16 +126,16 @@ def open_source(path: Path) -> Source:
         wm = shard_files(path, INDEX)
         files = sorted(set(wm.values())) if wm else ([path / SINGLE] if (path / SINGLE).exists()
                                                       else sorted(path.glob("pytorch_model*.bin")))
-    infos, thunks, cache = {}, {}, _ShardCache()
+    infos, thunks = {}, {}
     for file in files:
         sd = load_state(file)
-        for name, t in sd.items():
+        for name, loc in _locate(file, sd).items():
             if name in infos:
                 raise CorruptFileError("tensor appears in two shards", path=file, tensor=name,
                                        fix="remove the duplicate shard")
-            infos[name] = TensorInfo.of(t)
-            thunks[name] = (lambda f=file, n=name: cache.get(f, n))
-        del sd
+            infos[name] = TensorInfo(loc.shape, loc.dtype)
+            thunks[name] = (lambda loc=loc: _read(loc))
+        del sd  # unmap: only the pickle was needed
     return Source(path=root, format="bin", config=read_config(root), infos=infos, thunks=thunks,
                   aux=aux_files(root))
 
