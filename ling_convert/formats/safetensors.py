@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -204,8 +205,19 @@ def _check_index_consistent(root: Path, infos: dict) -> None:
                                 path=idx, fix="regenerate the index or restore the shard")
 
 
+@dataclass(frozen=True)
+class FileSlice:
+    """Thunk that reads one tensor; picklable, so worker processes can read their own inputs."""
+
+    file: Path
+    entry: Entry
+
+    def __call__(self) -> torch.Tensor:
+        return read_tensor(self.file, self.entry)
+
+
 def _thunk(file: Path, entry: Entry) -> Callable[[], torch.Tensor]:
-    return lambda: read_tensor(file, entry)
+    return FileSlice(file, entry)
 
 
 # -- writer ------------------------------------------------------------------
@@ -274,17 +286,23 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 def write_shard(path: Path, names: list[str], infos: dict[str, TensorInfo],
                 load: Callable[[str], torch.Tensor], on_bytes: Callable[[int], None] | None = None) -> str:
-    """Write one shard tensor by tensor; returns its sha256 (hashed while writing)."""
+    """Write one shard tensor by tensor; returns its sha256 (hashed while writing).
+
+    Three things overlap (all release the GIL): reading the next tensor, hashing
+    the current one and writing it. At most two tensors are held at once."""
     h = hashlib.sha256()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with ThreadPoolExecutor(2) as pool, open(tmp, "wb") as f:
         head = header_bytes(infos, names)
         f.write(head)
         h.update(head)
-        for name in names:
-            data = tensor_bytes(load(name))
+        nxt = pool.submit(load, names[0]) if names else None
+        for i, name in enumerate(names):
+            data = tensor_bytes(nxt.result())
+            nxt = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
+            hashing = pool.submit(h.update, data)
             f.write(data)
-            h.update(data)
+            hashing.result()
             if on_bytes:
                 on_bytes(len(data))
             del data
