@@ -16,6 +16,7 @@ from .converters import apply_route, plan_route
 from .errors import UnknownTensorError
 from .formats import detect_format, get_format, open_source
 from .formats import safetensors as st
+from .hub.sync import resolve_source
 from .source import Source, ordered
 from .writer import DEFAULT_SHARD, WriteOptions
 
@@ -37,9 +38,7 @@ class ConvertResult:
 
 def open_checkpoint(path: str | Path, fmt: str | None = None) -> Source:
     """Open any supported checkpoint lazily and check its config names a known architecture."""
-    src = open_source(path, fmt)
-    src.source_format = src.format
-    return src
+    return open_source(path, fmt)
 
 
 def check_complete(src: Source) -> None:
@@ -52,10 +51,23 @@ def check_complete(src: Source) -> None:
                                  fix="the checkpoint is incomplete (missing shard?) or config.json does not match it")
 
 
+def with_config_from(src: Source, cfg_dir: str | Path) -> Source:
+    """Use config.json and the tokenizer/aux files of HF dir `cfg_dir` (sources without a usable config)."""
+    from .errors import ConfigSchemaError
+    from .formats import aux_files, read_config
+    cfg = read_config(Path(cfg_dir))
+    if cfg is None:
+        raise ConfigSchemaError("no config.json here", path=cfg_dir, fix="point --config-from at an HF model directory")
+    return src.derive(config=cfg, aux={**src.aux, **aux_files(Path(cfg_dir))},
+                      notes={**src.notes, "config_from": str(cfg_dir)})
+
+
 def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
             options: dict | None = None) -> tuple[Source, list]:
     """Open the source and apply the route to `to` lazily (no tensor data is read)."""
     src = open_checkpoint(src_path, from_format)
+    if (options or {}).get("config_from"):
+        src = with_config_from(src, options["config_from"])
     if src.format in HF_NAMED:
         check_complete(src)
     else:
@@ -70,8 +82,11 @@ def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_f
             dry_run: bool = False, options: dict | None = None,
             progress: Callable[[int], None] | None = None) -> ConvertResult:
     """Convert any supported checkpoint to format `to` (route found by the planner)."""
+    src, hub_source = resolve_source(src)   # hf://org/name[@rev], ms://...: pulled and verified first
     source_format = (get_format(from_format) if from_format else detect_format(src)).name
     lazy, route = prepare(src, to, from_format=from_format, options=options)
+    if hub_source:
+        lazy.notes["hub_source"] = hub_source   # repo, revision and commit go into the manifest
     result = ConvertResult(None, [e.name for e in route], source_format, to, len(lazy.infos), lazy.total_bytes,
                            dry_run=dry_run)
     if dry_run:
@@ -82,6 +97,8 @@ def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_f
     if target.write is None:
         from .errors import UnsupportedError
         raise UnsupportedError(f"format {to!r} can be read but not written", fix="pick another --to")
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(lazy.total_bytes)
     opts = WriteOptions(max_shard_size=max_shard_size, force=force, resume=resume, progress=progress,
                         extra=dict(options or {}))
     result.output = Path(target.write(lazy, Path(out), opts))

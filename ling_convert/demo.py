@@ -24,7 +24,9 @@ def _parity(ref: Path, out: Path, lossless: bool) -> str:
         return "n/a (verify not installed)"
     rep = verify(ref, out)
     status = "PASS" if rep.passed else "FAIL"
-    return f"{status} max|dlogit|={rep.max_abs:.2e} top1={rep.top1:.0%}" + (" exact" if rep.exact else "")
+    if rep.exact:
+        return f"{status} bit-exact"
+    return f"{status} max {rep.max_abs:.1e} kl {rep.kl_last:.1e} top1 {rep.top1:.0%}"
 
 
 def _input_for(edge, base: dict[str, Path], model_dir: Path) -> Path:
@@ -55,7 +57,7 @@ def run_demo(workdir: str | Path | None = None, models: list[str] | None = None)
 
 
 def _run_edge(model: str, edge, base: dict, mdir: Path) -> dict:
-    row = {"model": model, "edge": f"{edge.name} ({edge.src} -> {edge.dst})", "seconds": 0.0, "bytes": 0}
+    row = {"model": model, "edge": f"{edge.name}: {edge.src}->{edge.dst}", "seconds": 0.0, "bytes": 0}
     try:
         src = _input_for(edge, base, mdir)
         out = mdir / f"out-{edge.name}"

@@ -20,7 +20,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 FromOpt = Annotated[Optional[str], typer.Option("--from", help="Source format (default: detected).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print route and shard plan; read no tensor data.")]
 
-out = Console()
+# Wide enough for the demo table when output is piped (rich assumes 80 columns then).
+out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
 
@@ -36,9 +37,23 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
+class _Bar:
+    """Adapter the API drives: `start(total_bytes)` once, then `advance(n)` per tensor written."""
+
+    def __init__(self, bar, label: str):
+        self.bar, self.label, self.task = bar, label, None
+
+    def start(self, total: int) -> None:
+        self.task = self.bar.add_task(self.label, total=total)
+
+    def __call__(self, n: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, n)
+
+
 @contextmanager
-def byte_progress(total: int, label: str, quiet: bool = False):
-    """A rich bar (bytes, rate, ETA) on a TTY; a no-op callback otherwise."""
+def byte_progress(label: str, quiet: bool = False):
+    """A rich bar (bytes, rate, ETA) on a TTY; None (no bar) otherwise or with --json."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
@@ -46,5 +61,4 @@ def byte_progress(total: int, label: str, quiet: bool = False):
                                TransferSpeedColumn)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield _Bar(bar, label)

@@ -21,8 +21,7 @@ def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, 
                         options=options)
         _print_result(r, as_json)
         return r
-    lazy_total = None
-    with byte_progress(lazy_total or 0, f"{to}", quiet=as_json) as prog:
+    with byte_progress(f"writing {to}", quiet=as_json) as prog:
         r = api.convert(src, dst, to=to, from_format=from_format, max_shard_size=max_shard_size, force=force,
                         resume=resume, options=options, progress=prog)
     _print_result(r, as_json)
@@ -112,7 +111,7 @@ def demo(workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Wher
     if as_json:
         emit_json(rows)
         return
-    t = Table("model", "edge", "seconds", "bytes", "parity")
+    t = Table("model", "edge", "seconds", "bytes", "parity", title="ling-convert demo: every edge, verified")
     for r in rows:
         t.add_row(r["model"], r["edge"], f"{r['seconds']:.2f}", human_bytes(r["bytes"]), r["parity"])
     out.print(t)

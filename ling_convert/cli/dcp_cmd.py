@@ -1,0 +1,72 @@
+"""`ling-convert dcp2st` (Megatron torch_dist DCP -> HF) and `ling-convert st2dcp` (HF -> DCP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..megatron.parallel import world
+from ..megatron.run import dcp_to_hf, hf_to_dcp
+from . import app
+from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
+                     emit_json, human_bytes, out)
+
+Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
+Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", help="Processes writing shards on this machine; output bytes do not depend on it. Under torchrun "
+                      "the ranks split the shards as well.")]
+VocabOpt = Annotated[Optional[int], typer.Option(
+    "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
+ConfigFromOpt = Annotated[Optional[Path], typer.Option(
+    "--config-from", help="HF model dir whose config.json (and tokenizer files) to use.")]
+TokDirOpt = Annotated[Optional[Path], typer.Option(
+    "--tokenizer-dir", help="Dir whose tokenizer files are copied; also gives eos/pad ids.")]
+UnmappedOpt = Annotated[bool, typer.Option(
+    "--allow-unmapped", help="Skip keys no mapping rule covers (listed in the manifest) instead of failing.")]
+PadOpt = Annotated[Optional[int], typer.Option(
+    "--padded-vocab-size", help="Zero-pad embedding/output rows to this many (Megatron pads to divisor x TP).")]
+StackOpt = Annotated[bool, typer.Option(
+    "--stack-layers", help="Write decoder layers as one tensor with a layer axis (homogeneous Megatron models).")]
+
+
+def _report(r, as_json: bool) -> None:
+    if world()[0] != 0:
+        return          # under torchrun, rank 0 speaks for all
+    if as_json:
+        emit_json(r.__dict__)
+        return
+    out.print(f"route: {' -> '.join([r.source_format, *r.route])} => {r.target_format}")
+    out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    if r.dry_run:
+        for s in r.shards:
+            out.print(f"  {s['file']}: {s['tensors']} tensors, {human_bytes(s['bytes'])}")
+    out.print("dry run: no tensor data read, nothing written" if r.dry_run else f"wrote {r.output}")
+
+
+@app.command()
+def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8Opt = False,
+           workers: WorkersOpt = 1, max_shard_size: MaxShardOpt = "5GB", vocab_size: VocabOpt = None,
+           config_from: ConfigFromOpt = None, tokenizer_dir: TokDirOpt = None, allow_unmapped: UnmappedOpt = False,
+           force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+    """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""
+    with byte_progress("dcp2st", quiet=as_json or dry_run or world()[0] != 0) as prog:
+        r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, workers=workers,
+                      max_shard_size=max_shard_size, vocab_size=vocab_size, config_from=config_from,
+                      tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
+                      dry_run=dry_run, progress=prog)
+    _report(r, as_json)
+
+
+@app.command()
+def st2dcp(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", padded_vocab_size: PadOpt = None,
+           stack_layers: StackOpt = False, allow_unmapped: UnmappedOpt = False, force: ForceOpt = False,
+           dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+    """HF checkpoint -> Megatron torch_dist DCP (loadable by torch.distributed.checkpoint.load)."""
+    with byte_progress("st2dcp", quiet=as_json or dry_run) as prog:
+        r = hf_to_dcp(src, dst, max_shard_size=max_shard_size, padded_vocab_size=padded_vocab_size,
+                      stack_layers=stack_layers, allow_unmapped=allow_unmapped, force=force, dry_run=dry_run,
+                      progress=prog)
+    _report(r, as_json)

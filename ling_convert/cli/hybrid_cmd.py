@@ -1,0 +1,51 @@
+"""`to-hybrid-linear`: softmax Ling (v1 / v2) -> hybrid-linear Ring layout (an initialisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import hybrid
+from . import app
+from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, SrcArg, emit_json, human_bytes, out
+
+LinearLayersOpt = Annotated[Optional[str], typer.Option(
+    "--linear-layers", help="Comma list of layers to make linear, e.g. 0,1,2; must be a layer_group_size pattern.")]
+GroupOpt = Annotated[Optional[int], typer.Option(
+    "--layer-group-size", help="Layer l stays softmax iff (l+1) % K == 0 (and the tail); 1 = no linear layer. "
+                               "Default: 7 for v1, 5 for v2, at most the layer count.")]
+InitOpt = Annotated[Optional[str], typer.Option(
+    "--init", help="New g_proj weights: normal[:SEED] (std = initializer_range), zeros, or a bare SEED.")]
+GroupNormOpt = Annotated[Optional[int], typer.Option(
+    "--group-norm-size", help="v2 only: g_norm groups (default: one group per 4 heads).")]
+ModelingOpt = Annotated[Optional[Path], typer.Option(
+    "--modeling-dir", help="Directory with the hybrid remote-code *.py files to ship (sets auto_map).")]
+
+
+@app.command("to-hybrid-linear")
+def to_hybrid_linear(src: SrcArg, dst: OutArg, linear_layers: LinearLayersOpt = None,
+                     layer_group_size: GroupOpt = None, init: InitOpt = None, group_norm_size: GroupNormOpt = None,
+                     modeling_dir: ModelingOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
+                     dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+    """Softmax Ling -> hybrid-linear: reuse weights, expand KV to MHA, seed the new gate (manifest says how)."""
+    r = hybrid.to_hybrid_linear(src, dst, linear_layers=linear_layers, layer_group_size=layer_group_size,
+                                init=init, group_norm_size=group_norm_size, modeling_dir=modeling_dir,
+                                max_shard_size=max_shard_size, force=force, dry_run=dry_run)
+    if as_json:
+        emit_json(r.__dict__)
+        return
+    p = r.plan
+    out.print(f"{p['base_architecture']} -> {p['target_architecture']}, layer_group_size {p['layer_group_size']}")
+    out.print(f"linear layers: {p['linear_layers'] or 'none'}; softmax layers: {p['softmax_layers']}")
+    out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    if r.dry_run:
+        t = Table("shard", "tensors", "bytes")
+        for s in r.shards:
+            t.add_row(s["file"], str(s["tensors"]), human_bytes(s["bytes"]))
+        out.print(t)
+        out.print("dry run: no tensor data read, nothing written")
+        return
+    out.print(f"wrote {r.output} (an initialisation: train before use; see ling-convert.json)")
