@@ -32,6 +32,13 @@ class Architecture:
             kinds[n + j] = "mtp"
         return kinds
 
+    def linear_layers(self, cfg: dict) -> frozenset[int]:
+        """Main layers with linear attention (hybrid tables carry a `layer_pattern`); empty otherwise."""
+        pattern = self.table.get("layer_pattern")
+        if not pattern:
+            return frozenset()
+        return linear_layer_set(int(cfg["num_hidden_layers"]), int(cfg.get(pattern["field"]) or pattern["default"]))
+
     def expected_names(self, cfg: dict) -> list[str]:
         """Every tensor name a complete checkpoint of this config holds."""
         names: list[str] = []
@@ -43,10 +50,27 @@ class Architecture:
             if scope == "global":
                 names.append(spec["name"])
                 continue
+            if scope == "linear":  # hybrid models: tensors only linear-attention layers hold
+                names.extend(spec["name"].format(layer=i) for i in sorted(self.linear_layers(cfg)))
+                continue
             for layer, kind in kinds.items():
                 if _in_scope(scope, kind):
                     names.extend(_expand(spec["name"], layer, cfg, scope))
         return names
+
+
+def linear_layer_set(n_layers: int, group: int) -> frozenset[int]:
+    """Linear-attention layers under the `layer_group_size` rule of the first-party v1-linear code.
+
+    Layer l is softmax iff (l+1) % group == 0 or l >= n_layers // group * group (schemas/hybrid/layer_pattern.json).
+
+    >>> sorted(linear_layer_set(28, 7))[:7]
+    [0, 1, 2, 3, 4, 5, 7]
+    """
+    if group < 1:
+        raise ConfigSchemaError(f"layer_group_size must be >= 1, got {group}", fix="set layer_group_size to 1 or more")
+    tail = n_layers // group * group
+    return frozenset(i for i in range(n_layers) if (i + 1) % group and i < tail)
 
 
 def _applies(spec, cfg: dict) -> bool:
