@@ -84,7 +84,7 @@ def make_tokens(cfg: dict, tokens: list[int] | None, seq_len: int, seed: int) ->
 
 def edge_class(a: Source, b: Source) -> str:
     for s in (a, b):
-        fmt = getattr(s, "source_format", s.format)
+        fmt = s.source_format
         if fmt == "fp8":
             return "fp8"
         if fmt == "gguf":
@@ -92,9 +92,16 @@ def edge_class(a: Source, b: Source) -> str:
     return "exact"
 
 
+def _family(cfg: dict) -> str | None:
+    """The softmax family of a config: a hybrid-linear model compares against its base."""
+    from .arch import detect_architecture
+    a = detect_architecture(cfg)
+    return a.table.get("base", a.name)
+
+
 def _check_compatible(a: Source, b: Source) -> None:
     ca, cb = a.config or {}, b.config or {}
-    if ca.get("architectures") != cb.get("architectures"):
+    if ca.get("architectures") != cb.get("architectures") and _family(ca) != _family(cb):
         raise BadInputError(f"architectures differ: {ca.get('architectures')} vs {cb.get('architectures')}",
                             path=b.path, fix="compare checkpoints of the same model")
     if ca.get("vocab_size") != cb.get("vocab_size"):

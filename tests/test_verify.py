@@ -134,3 +134,17 @@ def test_bad_inputs(tiny, tmp_path, cli):
     assert_one_line_error(code, err, "model.layers.1.attention.dense.weight")
     code, _, err = cli("verify", tiny("ling-lite", "safetensors"), "--tol", "banana")
     assert_one_line_error(code, err, "--tol")
+
+
+@pytest.mark.parametrize("model", ["ling-lite", "ling-mini-2"])
+def test_hybrid_without_linear_layers_verifies_exactly_against_its_base(tiny, tmp_path, cli, model):
+    src = tiny(model, "safetensors")
+    code, _, err = cli("to-hybrid-linear", src, tmp_path / "h0", "--layer-group-size", "1")
+    assert code == 0, err
+    code, out, err = cli("verify", src, tmp_path / "h0", "--json")
+    assert code == 0 and json.loads(out)["exact"], err
+    # With linear layers the model computes something else, and verify says so.
+    code, _, err = cli("to-hybrid-linear", src, tmp_path / "h2", "--layer-group-size", "2")
+    assert code == 0, err
+    code, out, _ = cli("verify", src, tmp_path / "h2", "--json")
+    assert code == 1 and not json.loads(out)["passed"]

@@ -60,3 +60,6 @@ def run_reference(config: dict, weight: WeightFn, tokens: torch.Tensor, *, layer
 
 __all__ = ["ARCHITECTURES", "ReferenceOutput", "WeightFn", "normalize_rope_scaling", "register_architecture",
            "run_reference"]
+
+# Registers the hybrid-linear architectures (imported last: it uses register_architecture).
+from . import bailing_moe_linear  # noqa: E402,F401
