@@ -180,13 +180,13 @@ class StagedOutput:
         self.done(rel)
 
     # -- finish ----------------------------------------------------------------
-    def commit(self, manifest: dict) -> Path:
-        """Write the manifest last, then swap the staging dir into place."""
+    def commit(self, manifest: dict, *, name: str = MANIFEST) -> Path:
+        """Write the manifest last (as `name`), then swap the staging dir into place."""
         manifest = {"tool": "ling-convert", "version": __version__, **manifest,
                     "files": dict(sorted(self.files.items()))}
         if self.single_file:
             return self._commit_file(manifest)
-        write_json_atomic(self.staging / MANIFEST, manifest)
+        write_json_atomic(self.staging / name, manifest)
         for name in (PROGRESS, LOCK):
             (self.staging / name).unlink(missing_ok=True)
         fsync_path(self.staging)

@@ -69,10 +69,13 @@ class Source:
     route: list[str] = field(default_factory=list)       # edges applied so far
     notes: dict = field(default_factory=dict)             # manifest extras (vocab trim, init seeds, ...)
     original_config: dict | None = None                   # config as read, for the manifest diff
+    source_format: str = ""                               # format as read, before any edge
 
     def __post_init__(self):
         if self.original_config is None and self.config is not None:
             self.original_config = dict(self.config)
+        if not self.source_format:
+            self.source_format = self.format
 
     def keys(self) -> list[str]:
         return list(self.infos)

@@ -50,7 +50,7 @@ def config_diff(before: dict | None, after: dict | None) -> dict:
 
 def manifest_for(src: Source, target: str, extra: dict | None = None) -> dict:
     return {
-        "source": {"path": str(src.path), "format": src.source_format if hasattr(src, "source_format") else src.format},
+        "source": {"path": str(src.path), "format": src.source_format},
         "target_format": target,
         "route": src.route,
         "config_changes": config_diff(src.original_config, src.config),
