@@ -81,28 +81,23 @@ def resolve_rope_theta(config: dict) -> float:
 
 
 def normalize_rope_scaling(config: dict) -> dict | None:
-    """Return ``rope_scaling`` with one spelling (``rope_type``), or None when RoPE is unscaled.
+    """`rope_scaling` as the config rewriter normalises it, limited to what this reference implements.
 
-    Accepts ``type`` or ``rope_type``, and transformers-5 ``rope_parameters``. Never mutates input.
+    One normaliser (`config_rewrite.normalize_rope_scaling`) reads the legacy spellings, so
+    the reference builds RoPE from exactly the dict that `yarn` writes.
 
     >>> normalize_rope_scaling({"rope_scaling": None}) is None
     True
     """
-    raw = config.get("rope_scaling")
-    if raw is None:
-        raw = config.get("rope_parameters")  # transformers >= 5 spelling
-    if not raw:
+    from ..config_rewrite import normalize_rope_scaling as normalize
+    out = normalize(config)
+    if out is None:
         return None
-    out = {k: v for k, v in raw.items() if k not in ("type", "rope_type", "rope_theta")}
-    kind = raw.get("rope_type", raw.get("type"))
-    if kind in (None, "default"):
-        return None
-    if kind not in ("yarn", "linear"):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported (known: yarn, linear)")
+    if out["rope_type"] not in ("yarn", "linear"):
+        raise ValueError(f"rope_scaling type {out['rope_type']!r} is not supported (known: yarn, linear)")
     if out.get("factor") is None:
-        raise ValueError(f"rope_scaling of type {kind!r} lacks 'factor'")
-    out["factor"] = float(out["factor"])
-    return {"rope_type": kind, **out}
+        raise ValueError(f"rope_scaling of type {out['rope_type']!r} lacks 'factor'")
+    return out
 
 
 @dataclass(frozen=True)
