@@ -28,7 +28,7 @@ def _run(fn, src, dst, label: str, *, as_json: bool, dry_run: bool, **kw):
     """Call the API once; show shape warnings (the quantize edge raises them) after the result."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FP8LoadWarning)
-        with byte_progress(0, label, quiet=as_json or dry_run) as prog:
+        with byte_progress(label, quiet=as_json or dry_run) as prog:
             r = fn(src, dst, dry_run=dry_run, progress=prog, **kw)
     notes = [str(w.message) for w in caught if issubclass(w.category, FP8LoadWarning)]
     if as_json:

@@ -1,0 +1,113 @@
+"""bf16 -> block FP8 on synthetic Ling-shaped safetensors at two sizes (x and 4x).
+
+Measured in one run, each command in a child process (wall time, peak RSS via wait4):
+  ours   `ling-convert quantize SRC OUT --workers N`
+  naive  one process, the per-tensor recipe peers use (load a whole shard, zero-pad each weight
+         to multiples of 128, block amax, scale, cast, crop; save the shard)
+  cp     `cp -r` of the same bf16 bytes, plain and with the copies synced (we fsync what we write)
+Ratios are throughputs: x_naive = naive_s / ours_s (goal >= 2), x_cp = cp_s / ours_s (goal >= 0.5).
+It also checks that ours and naive wrote the same FP8 bytes for every quantised weight.
+
+    python benchmarks/bench_fp8.py --size-gb 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from common import cp_baseline, dir_bytes, ling, print_table, run_measured, synthetic_config, warm, write_synthetic
+
+
+# -- the naive peer recipe (runs in a child: `bench_fp8.py --naive SRC OUT`) -------------------
+
+def naive_block_cast(x: torch.Tensor, b: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    m, n = x.shape
+    padded = torch.zeros(math.ceil(m / b) * b, math.ceil(n / b) * b, dtype=x.dtype)
+    padded[:m, :n] = x
+    view = padded.view(-1, b, padded.size(1) // b, b)
+    amax = view.abs().float().amax(dim=(1, 3), keepdim=True).clamp(min=1e-4)
+    scale = amax / 448.0
+    q = (view.float() / scale).to(torch.float8_e4m3fn)
+    return q.view_as(padded)[:m, :n].contiguous(), scale.view(view.size(0), view.size(2))
+
+
+def naive_quantize(src: Path, out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    from ling_convert.quant.policy import load_policy
+    policy = load_policy("bailing_moe_v2")
+    out.mkdir(parents=True)
+    weight_map = {}
+    for f in sorted(src.glob("*.safetensors")):
+        shard = load_file(str(f))                       # the whole shard in memory, as peers do
+        result = {}
+        for name, t in shard.items():
+            if policy.action(name) == "quantize":
+                result[name], result[name + "_scale_inv"] = naive_block_cast(t)
+            else:
+                result[name] = t
+        save_file(result, str(out / f.name), metadata={"format": "pt"})
+        weight_map.update({k: f.name for k in result})
+        del shard, result
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+# -- measurement ---------------------------------------------------------------------------
+
+def same_fp8_bytes(a: Path, b: Path) -> bool:
+    """Every quantised weight and scale equal between the two outputs (opened lazily)."""
+    from ling_convert.formats import open_source
+    sa, sb = open_source(a, "fp8"), open_source(b, "fp8")
+    names = [n for n in sa.keys() if sa.info(n).dtype in (torch.float8_e4m3fn, torch.float32)]
+    return set(sa.keys()) == set(sb.keys()) and all(
+        torch.equal(sa.load(n).view(torch.uint8), sb.load(n).view(torch.uint8)) for n in names)
+
+
+def bench(size_gb: float, work: Path, workers: int) -> dict:
+    src = write_synthetic(work / f"st-{size_gb}", synthetic_config(size_gb), "safetensors")
+    nbytes = dir_bytes(src)
+    warm(src)
+    base = cp_baseline(src, work / "cp-out")
+    ours_out, naive_out = work / "fp8-ours", work / "fp8-naive"
+    for d in (ours_out, naive_out):
+        shutil.rmtree(d, ignore_errors=True)
+    ours = run_measured(ling("quantize", str(src), str(ours_out), "--workers", str(workers)))
+    naive = run_measured([sys.executable, __file__, "--naive", str(src), str(naive_out)])
+    same = same_fp8_bytes(ours_out, naive_out)
+    for d in (ours_out, naive_out, src):
+        shutil.rmtree(d)
+    return {"size_gb": nbytes / 1e9, "ours_s": ours["wall"], "naive_s": naive["wall"], "cp_s": base["cp"],
+            "cp_sync_s": base["cp_sync"], "x_naive": naive["wall"] / ours["wall"], "x_cp": base["cp"] / ours["wall"],
+            "x_cp_sync": base["cp_sync"] / ours["wall"], "GB_per_s": nbytes / 1e9 / ours["wall"],
+            "rss_mb": ours["rss_mb"], "naive_rss_mb": naive["rss_mb"], "same_bytes": same}
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--naive":
+        naive_quantize(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=2.0, help="bf16 size of the smaller model (x)")
+    ap.add_argument("--scale", type=int, default=4, help="the larger model is this many times x")
+    ap.add_argument("--workers", type=int, default=0, help="ours: worker processes (default: one per CPU)")
+    ap.add_argument("--workdir", type=Path, default=Path("bench-work"))
+    a = ap.parse_args()
+    from ling_convert.quant.parallel import default_workers
+    workers = a.workers or default_workers()
+    a.workdir.mkdir(exist_ok=True)
+    rows = [bench(s, a.workdir, workers) for s in (a.size_gb, a.size_gb * a.scale)]
+    print_table(f"quantize bf16 -> fp8-block ({workers} workers, {torch.get_num_threads()} torch threads naive)", rows,
+                ["size_gb", "ours_s", "naive_s", "cp_s", "cp_sync_s", "x_naive", "x_cp", "x_cp_sync", "GB_per_s",
+                 "rss_mb", "naive_rss_mb", "same_bytes"])
+    print(f"\npeak RSS growth for {a.scale}x the model: ours {rows[1]['rss_mb'] / rows[0]['rss_mb']:.2f}x, "
+          f"naive {rows[1]['naive_rss_mb'] / rows[0]['naive_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Per-tensor jobs run ahead of the writer in worker processes, results taken in any order.
+
+The writer reads tensors one at a time in its own order. `Prefetch` keeps up to
+`ahead` jobs in flight in that order, so workers quantise the next tensors while
+the main process writes the current one. Each job is a pure function of its
+inputs, so the bytes do not depend on the number of workers; memory holds at most
+`ahead` results plus what each worker is computing.
+
+    >>> p = Prefetch({"a": Job(_demo, ())}, workers=1)
+    >>> p.take("a", 0)
+    1
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import LingConvertError
+
+
+def _demo():
+    return (1,)
+
+
+@dataclass(frozen=True)
+class Job:
+    """fn(*[load() for load in inputs], **kw) -> tuple of results. `fn` must be a module-level function."""
+
+    fn: Callable[..., tuple]
+    inputs: tuple[Callable[[], torch.Tensor], ...]
+    kw: tuple[tuple[str, object], ...] = ()
+
+    def run(self) -> tuple:
+        return self.fn(*[load() for load in self.inputs], **dict(self.kw))
+
+
+class _Packed:
+    """A tensor as raw bytes: pickles as one flat buffer (bf16/fp8 have no numpy dtype)."""
+
+    def __init__(self, t: torch.Tensor):
+        t = t.detach().contiguous()
+        self.shape, self.dtype = tuple(t.shape), t.dtype
+        self.data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+    def __call__(self) -> torch.Tensor:
+        if not self.data:
+            return torch.empty(self.shape, dtype=self.dtype)
+        with warnings.catch_warnings():      # the buffer is read-only; nothing writes to it
+            warnings.simplefilter("ignore")
+            return torch.frombuffer(self.data, dtype=self.dtype).reshape(self.shape)
+
+
+def _portable(load: Callable) -> Callable:
+    """Send the thunk itself when it pickles (file slices); otherwise read here and send the data."""
+    try:
+        pickle.dumps(load)
+        return load
+    except Exception:  # lambdas, closures, open handles: any pickling failure means "read here"
+        return _Packed(load())
+
+
+def _run_in_worker(job: Job) -> tuple:
+    # Errors travel as plain data: exception pickling would drop the tensor/path/fix fields.
+    try:
+        out = job.run()
+    except LingConvertError as e:
+        return ("error", type(e), e.message, e.path, e.tensor, e.fix)
+    return ("ok", tuple(_Packed(t) if isinstance(t, torch.Tensor) else t for t in out))
+
+
+def _init_worker() -> None:
+    # Parallelism is across processes; one intra-op thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    # Ctrl-C is the parent's to handle (it keeps finished shards for --resume and stops the pool).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+class Prefetch:
+    """Results of `jobs` (name -> Job, in the order they will be read) with `parts` parts each."""
+
+    def __init__(self, jobs: dict[str, Job], workers: int = 1, ahead: int | None = None, parts: int = 1):
+        self.jobs, self.parts = jobs, parts
+        self.order = list(jobs)
+        self.pos = {k: i for i, k in enumerate(self.order)}
+        self.workers = max(1, int(workers))
+        self.ahead = max(1, ahead or 2 * self.workers)
+        self.cache: OrderedDict[str, tuple] = OrderedDict()
+        self.taken: dict[str, set[int]] = {}
+        self.futures: dict[str, Future] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._finalizer = None
+        self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
+
+    # -- public -------------------------------------------------------------
+    def take(self, name: str, part: int):
+        """Part `part` of job `name`'s result; the result is dropped once every part was taken."""
+        with self._lock:
+            return self._take(name, part)
+
+    def _take(self, name: str, part: int):
+        res = self._result(name)
+        seen = self.taken.setdefault(name, set())
+        seen.add(part)
+        if len(seen) >= self.parts:
+            self.cache.pop(name, None)
+            self.taken.pop(name, None)
+            if not self.cache and not self.futures and self.pos[name] == len(self.order) - 1:
+                self.close()
+        return res[part]
+
+    def thunk(self, name: str, part: int) -> Callable[[], torch.Tensor]:
+        return lambda: self.take(name, part)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+            self._pool, self._finalizer = None, None
+
+    # -- internals ----------------------------------------------------------
+    def _result(self, name: str) -> tuple:
+        if name in self.cache:
+            self.cache.move_to_end(name)
+            return self.cache[name]
+        if self.workers == 1:
+            res = self.jobs[name].run()
+        else:
+            self._fill(name)
+            res = self._unwrap(self.futures.pop(name).result())
+        self.cache[name] = res
+        # Bound memory even when a reader never takes every part (it is recomputed if asked again).
+        while len(self.cache) > self.ahead + 2:
+            old, _ = self.cache.popitem(last=False)
+            self.taken.pop(old, None)
+        return res
+
+    def _fill(self, name: str) -> None:
+        if name not in self.futures:
+            self._submit(name)
+        start = self.pos[name] + 1
+        for nxt in self.order[start:start + self.ahead - 1]:
+            if len(self.futures) >= self.ahead:
+                break
+            if nxt not in self.futures and nxt not in self.cache:
+                self._submit(nxt)
+
+    def _submit(self, name: str) -> None:
+        job = self.jobs[name]
+        job = Job(job.fn, tuple(_portable(x) for x in job.inputs), job.kw)
+        self.futures[name] = self._executor().submit(_run_in_worker, job)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # fork: instant start and no re-import of the caller's __main__ (spawn would run an unguarded
+            # script again). Safe here: children set one intra-op thread before any torch op (no OpenMP
+            # team), and the fork happens while the writer's other threads wait on this load.
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+            self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.futures)
+        return self._pool
+
+    @staticmethod
+    def _unwrap(msg: tuple) -> tuple:
+        if msg[0] == "error":
+            _, cls, message, path, tensor, fix = msg
+            raise cls(message, path=path, tensor=tensor, fix=fix)
+        return tuple(x() if isinstance(x, _Packed) else x for x in msg[1])
+
+
+def _shutdown(pool: ProcessPoolExecutor, futures: dict) -> None:
+    futures.clear()
+    pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,61 @@
+"""Declared precision policy: which tensors a quantiser converts, which stay in high precision.
+
+One table per architecture in `schemas/precision/<arch>.json`, with named
+placeholders ({layer}, {expert}). Names neither list covers stay unchanged and
+are reported, so a new tensor kind is never quantised by accident.
+
+    >>> p = load_policy("bailing_moe_v2")
+    >>> p.action("model.layers.3.mlp.experts.7.up_proj.weight"), p.ue8m0("model.layers.3.mlp.experts.7.up_proj.weight")
+    ('quantize', True)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .. import schemas
+from ..errors import UnsupportedError
+
+_PLACEHOLDER = re.compile(r"\\\{(layer|expert)\\\}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """'model.layers.{layer}.x' -> a regex matching the whole name with digits for each placeholder."""
+    return re.compile(_PLACEHOLDER.sub(lambda m: rf"(?P<{m.group(1)}>\d+)", re.escape(pattern)) + r"\Z")
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    quantize: tuple[tuple[re.Pattern, bool], ...]   # (pattern, ue8m0 in Ling's recipe)
+    keep: tuple[re.Pattern, ...]
+
+    def action(self, name: str) -> str:
+        """'quantize', 'keep', or 'unlisted' (kept too, but reported)."""
+        if any(p.match(name) for p, _ in self.quantize):
+            return "quantize"
+        if any(p.match(name) for p in self.keep):
+            return "keep"
+        return "unlisted"
+
+    def ue8m0(self, name: str) -> bool:
+        """True where Ling's own recipe rounds scales to powers of two (`--scale-fmt ling`)."""
+        return any(flag for p, flag in self.quantize if p.match(name))
+
+
+@lru_cache(maxsize=None)
+def load_policy(arch_name: str) -> Policy:
+    fname = f"{arch_name}.json"
+    if fname not in schemas.listing("precision"):
+        raise UnsupportedError(f"no FP8 precision policy for architecture {arch_name!r}",
+                               fix=f"add schemas/precision/{fname} (which tensors to quantise and keep)")
+    t = schemas.load(f"precision/{fname}")
+    return Policy(t["name"], tuple((compile_pattern(e["name"]), bool(e.get("ue8m0"))) for e in t["quantize"]),
+                  tuple(compile_pattern(e["name"]) for e in t["keep"]))
+
+
+def module_of(name: str) -> str:
+    """'model.layers.0.mlp.gate.weight' -> 'model.layers.0.mlp.gate' (engines match module prefixes)."""
+    return name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
