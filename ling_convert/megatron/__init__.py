@@ -1,0 +1,1 @@
+"""Megatron-Core (torch_dist) support: key map, config from training args, multi-process writing."""
