@@ -10,20 +10,21 @@ truncated or corrupted download, and a hostile listing entry such as `../x`.
         HfApi(endpoint=hub.url, token="hf_test").create_repo("org/m")
 
 Binds 127.0.0.1 only; every socket has a timeout and the server stops itself
-after `max_lifetime` seconds, so a stuck test cannot leave it running.
+after `max_lifetime` seconds, so a stuck test cannot leave it running. The
+routes, one function per endpoint, are in hub_standin_routes.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 # Files stored as LFS objects, as the Hub's default .gitattributes does.
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".npy", ".h5", ".msgpack")
@@ -76,9 +77,10 @@ class HubStandin:
         self.blobs: dict[str, bytes] = {}
         self.faults: list[Fault] = []
         self.extra_listing: dict[str, list[str]] = {}   # repo -> bogus paths added to listings
-        self.log: list[tuple[str, str, int]] = []       # (method, path, request body bytes)
+        self.log: list[tuple[str, str, int, str]] = []  # (method, path, request body bytes, Range)
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
+        self._conns: set = set()
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> "HubStandin":
@@ -96,11 +98,19 @@ class HubStandin:
         self.stop()
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection (keep-alive ones included)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
             self._watchdog.cancel()
+        with self.lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def url(self) -> str:
@@ -118,7 +128,7 @@ class HubStandin:
                     return f.kind
         return None
 
-    def requests(self, method: str, pattern: str) -> list[tuple[str, str, int]]:
+    def requests(self, method: str, pattern: str) -> list[tuple[str, str, int, str]]:
         rx = re.compile(pattern)
         return [r for r in self.log if r[0] == method and rx.search(r[1])]
 
@@ -188,8 +198,143 @@ class HubStandin:
             h.update(f"{p}\0{e.sha256}\n".encode())
         return h.hexdigest()
 
-    def authorized(self, headers) -> bool:
-        auth = headers.get("Authorization", "")
-        cookie = headers.get("Cookie", "")
-        return auth == f"Bearer {self.token}" or f"m_session_id={self.token}" in cookie
+    def sign(self, oid: str) -> str:
+        return hashlib.sha256(f"{self.token}:{oid}".encode()).hexdigest()[:16]
 
+    def authorized(self, headers) -> bool:
+        cookies = dict(c.strip().partition("=")[::2] for c in headers.get("Cookie", "").split(";") if c.strip())
+        return headers.get("Authorization", "") == f"Bearer {self.token}" or cookies.get("m_session_id") == self.token
+
+
+# -- HTTP layer ----------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30            # a client that stalls cannot hold a server thread for ever
+    hub: HubStandin
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub.lock:
+            self.hub._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub.lock:
+            self.hub._conns.discard(self.connection)
+        super().finish()
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        try:
+            body = b"" if self.command in ("GET", "HEAD") else self._read_body(url.path)
+            with self.hub.lock:
+                self.hub.log.append((self.command, url.path, len(body), self.headers.get("Range", "")))
+            if self.hub.take_fault(self.command, url.path, ("500",)):
+                return self._json(500, {"error": "injected failure", "Code": 500, "Success": False})
+            from hub_standin_routes import ROUTES   # routes import this module: load them late
+            for method, rx, fn in ROUTES:
+                m = rx.match(url.path)
+                if m and (self.command == method or (method == "GET" and self.command == "HEAD")):
+                    return fn(self, m.groupdict(), query, body)
+            self._json(404, {"error": f"no route {self.command} {url.path}"})
+        except Stop:
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+
+    def _read_body(self, path: str) -> bytes:
+        drop = self.hub.take_fault(self.command, path, ("drop",))
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                n = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data += self.rfile.read(n)
+                self.rfile.readline()
+                if drop:
+                    self._record_drop(path, len(data))
+            return bytes(data)
+        n = int(self.headers.get("Content-Length") or 0)
+        if drop:
+            self._record_drop(path, len(self.rfile.read(n // 2)))
+        return self.rfile.read(n)
+
+    def _record_drop(self, path: str, got: int):
+        with self.hub.lock:
+            self.hub.log.append((self.command, path + "#dropped", got, ""))
+        raise Stop
+
+    # -- responses ---------------------------------------------------------
+    def _send(self, code: int, body: bytes, ctype: str = "application/json", headers: dict | None = None,
+              length: int | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, code: int, obj, headers: dict | None = None) -> None:
+        self._send(code, json.dumps(obj).encode(), headers=headers)
+
+    def _hf_error(self, code: int, kind: str, msg: str) -> None:
+        self._json(code, {"error": msg}, headers={"X-Error-Code": kind, "X-Error-Message": msg})
+
+    def _ms(self, data, code: int = 200, msg: str = "") -> None:
+        ok = code < 400
+        self._json(code, {"Code": 200 if ok else code, "Data": data, "Success": ok, "Message": msg,
+                          "RequestId": "standin"})
+
+    def _send_file(self, entry: Entry, headers: dict) -> None:
+        """Serve content with Range support; faults: truncate (then close) or corrupt."""
+        data = self.hub.blobs[entry.sha256]
+        start, status = 0, 200
+        rng = self.headers.get("Range")
+        if rng:
+            m = re.match(r"bytes=(\d+)-(\d*)", rng)
+            start = int(m.group(1))
+            end = int(m.group(2)) + 1 if m.group(2) else len(data)
+            data, status = data[start:end], 206
+            headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{entry.size}"
+        headers["Accept-Ranges"] = "bytes"
+        fault = self.hub.take_fault(self.command, self.path.split("?")[0], ("truncate", "corrupt")) \
+            if self.command == "GET" else None
+        if fault == "corrupt" and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if fault == "truncate" and len(data) > 1:
+            self._send(status, data[: len(data) // 2], "application/octet-stream", headers, length=len(data))
+            self.wfile.flush()
+            raise Stop
+        self._send(status, data, "application/octet-stream", headers)
+
+    # -- access ----------------------------------------------------------------
+    def _readable(self, repo_id: str, ms: bool = False) -> Repo | None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is None or (repo.private and not self.hub.authorized(self.headers)):
+            if ms:
+                code = 401 if repo is not None else 404
+                self._ms(None, code, "authentication required" if repo else "model not found")
+            elif repo is not None:
+                self._hf_error(401, "RepoNotFound", "Repository not found (private; token required)")
+            else:
+                self._hf_error(404, "RepoNotFound", "Repository not found")
+            return None
+        return repo
+
+    def _writable(self, repo_id: str | None, ms: bool = False) -> bool:
+        if not self.hub.authorized(self.headers):
+            self._ms(None, 401, "invalid token") if ms else self._hf_error(401, "Unauthorized", "Invalid token")
+            return False
+        if repo_id is not None and repo_id not in self.hub.repos:
+            self._ms(None, 404, "model not found") if ms else self._hf_error(404, "RepoNotFound", "Not found")
+            return False
+        return True

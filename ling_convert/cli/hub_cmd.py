@@ -13,12 +13,18 @@ from .common import ForceOpt, JsonOpt, emit_json, human_bytes, out
 
 RepoArg = Annotated[str, typer.Argument(help="Repository id, owner/name.")]
 HubOpt = Annotated[str, typer.Option("--hub", help="hf (Hugging Face Hub) or modelscope.")]
-RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main / master).")]
-IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Only paths matching this glob (repeatable).")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip paths matching this glob (repeatable).")]
+RevisionOpt = Annotated[Optional[str], typer.Option(
+    "--revision", help="Branch, tag or commit (default: main / master).")]
+IncludeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--include", help="Only paths matching this glob (repeatable).")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--exclude", help="Skip paths matching this glob (repeatable).")]
 # NOTE: prefer the env vars: a flag value is visible to other users in the process list.
-TokenOpt = Annotated[Optional[str], typer.Option("--token", help="Access token (default: HF_TOKEN / MODELSCOPE_API_TOKEN).",
-                                                 show_default=False)]
+TokenOpt = Annotated[Optional[str], typer.Option(
+    "--token", help="Access token (default: HF_TOKEN / MODELSCOPE_API_TOKEN).", show_default=False)]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the repository as private.")]
+CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request (Hugging Face only).")]
+MessageOpt = Annotated[Optional[str], typer.Option("--message", help="Commit message.")]
 
 
 def _quiet(as_json: bool) -> None:
@@ -30,11 +36,8 @@ def _quiet(as_json: bool) -> None:
 
 @app.command()
 def push(folder: Annotated[Path, typer.Argument(help="Directory to upload.")], repo: RepoArg, hub: HubOpt = "hf",
-         revision: RevisionOpt = None,
-         private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
-         create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request (Hugging Face only).")] = False,
-         include: IncludeOpt = None, exclude: ExcludeOpt = None,
-         message: Annotated[Optional[str], typer.Option("--message", help="Commit message.")] = None,
+         revision: RevisionOpt = None, private: PrivateOpt = False, create_pr: CreatePrOpt = False,
+         include: IncludeOpt = None, exclude: ExcludeOpt = None, message: MessageOpt = None,
          token: TokenOpt = None, as_json: JsonOpt = False):
     """Upload FOLDER to REPO: only changed files are sent; the remote listing is checked after the commit."""
     from ..hub.sync import push as do_push
