@@ -1,0 +1,247 @@
+"""Edges `safetensors -> gguf` (to-gguf) and `gguf -> safetensors` (from-gguf).
+
+Both read one table per llama.cpp architecture (`schemas/gguf/<arch>.json`, "tensors"):
+an entry maps an HF name pattern to GGUF name pattern(s) through a named op of
+`gguf_ops.OPS`; to-gguf runs the op forward, from-gguf its inverse. Both are lazy:
+thunks are wrapped, nothing is read until the writer asks.
+
+    >>> from ling_convert.converters.gguf import to_gguf_file
+    >>> to_gguf_file("Ling-mini-2.0/", "ling-mini.gguf", outtype="q8_0")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import BadInputError, UnknownTensorError, UnsupportedError
+from ..formats import aux_files
+from ..formats.gguf_meta import refuse_if_unsupported, refuse_llama_defaults, table_for_config
+from ..source import Source, TensorInfo, Thunk
+from . import converter
+from .gguf_ops import Op, PartedSource, as_parted, get_op, output_thunks, qkv_rows, slice_thunks
+
+OUT_DTYPES = {"keep": None, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+# -- the mapping table ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    hf: str
+    gguf: tuple[str, ...]
+    op: Op
+    entry: object = field(compare=False)
+
+
+def _regex(pattern: str) -> re.Pattern:
+    rx = re.escape(pattern).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
+    return re.compile(rx + r"\Z")
+
+
+def rules(table) -> list[Rule]:
+    out = []
+    for i, e in enumerate(table["tensors"]):
+        g = e["gguf"]
+        out.append(Rule(i, e["hf"], (g,) if isinstance(g, str) else tuple(g), get_op(e.get("op")), e))
+    return out
+
+
+@dataclass
+class Group:
+    """One application of a rule: a layer's tensors on the matched side, by slot."""
+
+    rule: Rule
+    layer: int | None
+    slots: dict[int, str] = field(default_factory=dict)   # expert index or gguf pattern index -> name
+
+    def fmt(self, pattern: str, **kw) -> str:
+        return pattern.format(layer=self.layer, **kw)
+
+
+def group_names(names: list[str], rs: list[Rule], side: str, gguf_arch: str, where) -> list[Group]:
+    """Match every name to a rule (side 'hf' or 'gguf'); an unmatched name is an error."""
+    pats = [(r, slot, _regex(p)) for r in rs for slot, p in enumerate((r.hf,) if side == "hf" else r.gguf)]
+    groups: dict[tuple, Group] = {}
+    for name in names:
+        for r, slot, rx in pats:
+            m = rx.match(name)
+            if m:
+                layer = int(m["layer"]) if "layer" in rx.groupindex else None
+                g = groups.setdefault((r.index, layer), Group(r, layer))
+                g.slots[int(m["expert"]) if "expert" in rx.groupindex else slot] = name
+                break
+        else:
+            raise UnknownTensorError(f"no {gguf_arch} GGUF mapping for this tensor", path=where, tensor=name,
+                                     fix=f"schemas/gguf/{gguf_arch}.json lists the tensors llama.cpp's "
+                                         f"{gguf_arch} graph has")
+    # globals first in table order, then layer by layer (llama.cpp does not care; readers do)
+    return sorted(groups.values(), key=lambda g: (g.layer is not None, g.layer or 0, g.rule.index))
+
+
+# -- checks before export -------------------------------------------------------------
+
+def _check(name: str, cfg: dict, names: list[str]) -> bool:
+    from ..arch import head_dim
+    return {
+        "qkv_width_is_hidden": lambda: int(cfg["num_attention_heads"]) * head_dim(cfg) == int(cfg["hidden_size"]),
+        "sigmoid_router": lambda: cfg.get("score_function") in (None, "sigmoid"),
+        "no_attention_bias": lambda: not any(n.endswith(("attention.query_key_value.bias", "attention.dense.bias"))
+                                             for n in names),
+        "no_dense_lead": lambda: not int(cfg.get("first_k_dense_replace") or 0),
+        "no_mtp": lambda: not int(cfg.get("num_nextn_predict_layers") or 0),
+    }[name]()
+
+
+def run_checks(table, cfg: dict, names: list[str], where) -> None:
+    for c in table["checks"]:
+        if not _check(c["check"], cfg, names):
+            raise UnsupportedError(f"cannot export to llama.cpp {table['gguf_arch']!r}: {c['why']}", path=where,
+                                   fix="llama.cpp cannot run this checkpoint as is")
+
+
+# -- to-gguf --------------------------------------------------------------------------------
+
+def _layer_of(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit() else None
+
+
+def drop_mtp(src: Source, cfg: dict) -> tuple[list[str], int]:
+    """Names without the MTP layers (index >= num_hidden_layers), and how many layers were dropped."""
+    n = int(cfg["num_hidden_layers"])
+    keep = [k for k in src.keys() if (_layer_of(k) if _layer_of(k) is not None else -1) < n]
+    return keep, int(cfg.get("num_nextn_predict_layers") or 0)
+
+
+def _checked_load(src: Source, name: str) -> Thunk:
+    return lambda: src.load(name)
+
+
+def _stack_inputs(g: Group, cfg: dict, where) -> list[str]:
+    n = int(cfg["num_experts"])
+    if sorted(g.slots) != list(range(n)):
+        missing = [e for e in range(n) if e not in g.slots]
+        raise UnknownTensorError(f"layer {g.layer} has experts {sorted(g.slots)[:4]}..., config num_experts is {n}",
+                                 path=where, tensor=g.rule.hf.format(layer=g.layer, expert=(missing or [n])[0]),
+                                 fix="the checkpoint is incomplete or num_experts is wrong")
+    return [g.slots[e] for e in range(n)]
+
+
+@converter("safetensors", "gguf", lossless=False, name="to-gguf", demo_options={})
+def to_gguf(src: Source, opts: dict) -> PartedSource:
+    """HF names -> llama.cpp GGUF names and layouts (split/permute QKV, stack experts, bake norm_head)."""
+    cfg = dict(src.config or {})
+    table = table_for_config(cfg, src.path)
+    arch = table["gguf_arch"]
+    names, notes = src.keys(), {"arch": arch}
+    if opts.get("no_mtp") and int(cfg.get("num_nextn_predict_layers") or 0):
+        names, dropped = drop_mtp(src, cfg)
+        notes["mtp_dropped_layers"] = dropped
+        cfg["num_nextn_predict_layers"] = 0
+    run_checks(table, cfg, names, src.path)
+    infos, thunks, parts = {}, {}, {}
+    for g in group_names(names, rules(table), "hf", arch, src.path):
+        stacked = g.rule.op.name == "stack_experts"
+        ins = _stack_inputs(g, cfg, src.path) if stacked else [g.slots[0]]
+        shapes = g.rule.op.forward_shapes(src.config, [src.info(n).shape for n in ins])
+        outs = [g.fmt(p) for p in g.rule.gguf]
+        baked = g.rule.op.float_out and bool(src.config.get("norm_head"))
+        dtype = torch.float32 if baked else src.info(ins[0]).dtype
+        ths = output_thunks(g.rule.op.forward, src.config, [_checked_load(src, n) for n in ins], len(outs))
+        for o, shape, th in zip(outs, shapes, ths):
+            infos[o], thunks[o] = TensorInfo(tuple(shape), dtype), th
+        if stacked:
+            parts[outs[0]] = [_checked_load(src, n) for n in ins]
+        if baked:
+            cfg["norm_head"] = False
+            notes["norm_head"] = "baked into output.weight (column L2-normalised, +1e-7); config now norm_head=false"
+    return as_parted(src, parts, infos=infos, thunks=thunks, config=cfg, route=list(src.route),
+                     notes={**src.notes, "gguf": notes})
+
+
+# -- from-gguf ------------------------------------------------------------------------------
+
+def _cast(th: Thunk, dtype: torch.dtype | None) -> Thunk:
+    return th if dtype is None else (lambda: th().to(dtype))
+
+
+@converter("gguf", "safetensors", lossless=False, name="from-gguf", demo_options={})
+def from_gguf(src: Source, opts: dict) -> Source:
+    """llama.cpp GGUF names -> HF names (unstack experts, merge and un-permute QKV); dequantised."""
+    refuse_llama_defaults(src, opts.get("llama_defaults"))
+    cfg = dict(src.config or {})
+    table = table_for_config(cfg, src.path)
+    cast = OUT_DTYPES[opts.get("dtype") or "keep"]
+    infos, thunks = {}, {}
+    for g in group_names(src.keys(), rules(table), "gguf", table["gguf_arch"], src.path):
+        missing = [g.fmt(p) for i, p in enumerate(g.rule.gguf) if i not in g.slots]
+        if missing:
+            raise UnknownTensorError("GGUF lacks a tensor of a group", path=src.path, tensor=missing[0],
+                                     fix="the file is incomplete; re-export it")
+        ins = [g.slots[i] for i in range(len(g.rule.gguf))]
+        kinds = {src.info(n).dtype for n in ins}
+        # q, k, v stored as different types (an F16 fallback beside Q8_0): merge them in float32
+        group_cast = cast or (None if len(kinds) == 1 else torch.float32)
+        dtype = group_cast or kinds.pop()
+        shapes = g.rule.op.inverse_shapes(cfg, [src.info(n).shape for n in ins])
+        if g.rule.op.name == "stack_experts":
+            _check_expert_count(cfg, len(shapes), src.path, ins[0])
+            outs = [g.fmt(g.rule.hf, expert=e) for e in range(len(shapes))]
+            ths = slice_thunks(src, ins[0], len(shapes))
+            ths = [_cast(t, cast) for t in ths]
+        else:
+            outs = [g.fmt(g.rule.hf)]
+            ths = output_thunks(g.rule.op.inverse, cfg, [_checked_load(src, n) for n in ins], 1, group_cast)
+        for o, shape, th in zip(outs, shapes, ths):
+            infos[o], thunks[o] = TensorInfo(tuple(shape), dtype), th
+    aux = dict(src.aux)
+    if opts.get("tokenizer_dir"):
+        aux.update(aux_files(Path(opts["tokenizer_dir"])))
+    extra = {"parts": {}} if isinstance(src, PartedSource) else {}
+    return src.derive(infos=infos, thunks=thunks, config=cfg, aux=aux, **extra)
+
+
+def _check_expert_count(cfg: dict, n: int, where, name: str) -> None:
+    if n != int(cfg["num_experts"]):
+        raise BadInputError(f"stacked experts hold {n} experts; expert_count says {cfg['num_experts']}",
+                            path=where, tensor=name, fix="the file is inconsistent; re-export it")
+
+
+# -- API ------------------------------------------------------------------------------------
+
+def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
+                 no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
+                 from_format: str | None = None, llama_defaults: bool = False,
+                 progress: Callable[[int], None] | None = None):
+    """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
+    from .. import api
+    from ..formats import open_source
+    # NOTE: refuse llama.cpp-less architectures before anything else reads the checkpoint.
+    if Path(src).exists():
+        refuse_if_unsupported(open_source(src, from_format).config, src)
+    opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
+            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
+    return api.convert(src, out, to="gguf", from_format=from_format, force=force, progress=progress,
+                       options={k: v for k, v in opts.items() if v is not None})
+
+
+def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,
+                   llama_defaults: bool = False, max_shard_size: str | int = "5GB", force: bool = False,
+                   progress: Callable[[int], None] | None = None):
+    """GGUF -> HF safetensors directory (dequantised, experts unstacked, Q/K un-permuted)."""
+    from .. import api
+    if dtype not in OUT_DTYPES:
+        raise BadInputError(f"unknown --dtype {dtype!r}", fix=f"use one of: {', '.join(OUT_DTYPES)}")
+    opts = {"dtype": dtype, "llama_defaults": llama_defaults,
+            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
+    return api.convert(src, out, to="safetensors", from_format="gguf", force=force, max_shard_size=max_shard_size,
+                       progress=progress, options={k: v for k, v in opts.items() if v is not None})
+
+
+__all__ = ["from_gguf", "from_gguf_file", "group_names", "qkv_rows", "rules", "to_gguf", "to_gguf_file"]
