@@ -288,7 +288,11 @@ def test_power_of_two_scales(models, tmp_path, fmt):
     assert qc.get("scale_fmt") == ("ue8m0" if fmt == "ue8m0" else None)
 
 
-def test_workers_give_identical_bytes(models, tmp_path):
+@pytest.mark.parametrize("spill_min", [None, 0], ids=["pipe", "shm"])
+def test_workers_give_identical_bytes(models, tmp_path, monkeypatch, spill_min):
+    from ling_convert.quant import parallel
+    if spill_min is not None:      # hand every result over through /dev/shm (the large-tensor path)
+        monkeypatch.setattr(parallel, "SPILL_MIN", spill_min)
     src = models("ling-mini-2")
     _quantize(src, tmp_path / "w1", workers=1, max_shard_size="2MB")
     _quantize(src, tmp_path / "w2", workers=2, max_shard_size="2MB")

@@ -26,7 +26,7 @@ AMAX_FLOOR = 1e-4        # all-zero blocks get a usable scale. ref: Ling-V2 per_
 DEFAULT_BLOCK = (128, 128)
 # float32 bytes of one row strip: the working copy stays near cache size, so the
 # divide/clamp/cast passes re-read it from cache instead of from memory.
-STRIP_BYTES = 4 << 20
+STRIP_BYTES = 2 << 20
 
 Block = tuple[int, int]
 
@@ -110,7 +110,8 @@ def quantize(w: torch.Tensor, block: int | Block = DEFAULT_BLOCK, *, pow2: bool 
         f = buf[: min(step, rows - r0)]
         f.copy_(w[r0:r0 + f.shape[0]])
         for view, bi, bj in _grid(f, r0, bm, bn):
-            amax = view.abs().amax(dim=(1, 3))
+            # max(amax, -amin): two read-only reductions instead of writing an |x| temporary.
+            amax = torch.maximum(view.amax(dim=(1, 3)), view.amin(dim=(1, 3)).neg_())
             _check_finite(amax, bi, bj, name)
             s[bi, bj] = block_scale(amax, pow2)
             view.div_(s[bi, bj][:, None, :, None])

@@ -4,7 +4,9 @@ The writer reads tensors one at a time in its own order. `Prefetch` keeps up to
 `ahead` jobs in flight in that order, so workers quantise the next tensors while
 the main process writes the current one. Each job is a pure function of its
 inputs, so the bytes do not depend on the number of workers; memory holds at most
-`ahead` results plus what each worker is computing.
+`ahead` results plus what each worker is computing. Workers read their inputs
+themselves when the thunk pickles (safetensors file slices) and hand large results
+back through /dev/shm files, so the parent copies nothing but what it writes.
 
     >>> p = Prefetch({"a": Job(_demo, ())}, workers=1)
     >>> p.take("a", 0)
@@ -13,10 +15,14 @@ inputs, so the bytes do not depend on the number of workers; memory holds at mos
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import warnings
 import weakref
@@ -62,6 +68,50 @@ class _Packed:
             return torch.frombuffer(self.data, dtype=self.dtype).reshape(self.shape)
 
 
+class _Spilled:
+    """A large result handed over through a file in /dev/shm: the worker writes it once, the parent
+    maps it (no copy) and unlinks it. A pipe would copy it several times and wake the reader per 64 KiB."""
+
+    def __init__(self, path: str, t: torch.Tensor):
+        self.path, self.shape, self.dtype, self.nbytes = path, tuple(t.shape), t.dtype, t.numel() * t.element_size()
+
+    def __call__(self) -> torch.Tensor:
+        try:
+            raw = torch.from_file(self.path, shared=False, size=self.nbytes, dtype=torch.uint8)
+        finally:
+            os.unlink(self.path)          # the mapping stays valid; the pages go when the tensor does
+        return raw.view(self.dtype).reshape(self.shape)
+
+
+SPILL_MIN = 1 << 20        # smaller results go through the pipe
+_counter = itertools.count()
+
+
+def _hand_over(t: torch.Tensor, spill: str | None):
+    nbytes = t.numel() * t.element_size()
+    if spill and nbytes >= SPILL_MIN:
+        path = os.path.join(spill, f"{os.getpid()}-{next(_counter)}")
+        try:
+            with open(path, "wb") as f:
+                f.write(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            return _Spilled(path, t)
+        except OSError:                    # tmpfs full: fall back to the pipe
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return _Packed(t)
+
+
+def _spill_dir() -> str | None:
+    """A private dir in /dev/shm when it has room for a few results in flight; else None (pipe)."""
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize >= 1 << 30:
+            return tempfile.mkdtemp(prefix="ling-convert-", dir="/dev/shm")
+    except OSError:
+        pass
+    return None
+
+
 def _portable(load: Callable) -> Callable:
     """Send the thunk itself when it pickles (file slices); otherwise read here and send the data."""
     try:
@@ -71,13 +121,13 @@ def _portable(load: Callable) -> Callable:
         return _Packed(load())
 
 
-def _run_in_worker(job: Job) -> tuple:
+def _run_in_worker(job: Job, spill: str | None) -> tuple:
     # Errors travel as plain data: exception pickling would drop the tensor/path/fix fields.
     try:
         out = job.run()
     except LingConvertError as e:
         return ("error", type(e), e.message, e.path, e.tensor, e.fix)
-    return ("ok", tuple(_Packed(t) if isinstance(t, torch.Tensor) else t for t in out))
+    return ("ok", tuple(_hand_over(t, spill) if isinstance(t, torch.Tensor) else t for t in out))
 
 
 def _init_worker() -> None:
@@ -108,6 +158,7 @@ class Prefetch:
         self.taken: dict[str, set[int]] = {}
         self.futures: dict[str, Future] = {}
         self._pool: ProcessPoolExecutor | None = None
+        self._spill: str | None = None
         self._finalizer = None
         self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
 
@@ -134,7 +185,7 @@ class Prefetch:
     def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
-            self._pool, self._finalizer = None, None
+            self._pool, self._spill, self._finalizer = None, None, None
 
     # -- internals ----------------------------------------------------------
     def _result(self, name: str) -> tuple:
@@ -166,7 +217,8 @@ class Prefetch:
     def _submit(self, name: str) -> None:
         job = self.jobs[name]
         job = Job(job.fn, tuple(_portable(x) for x in job.inputs), job.kw)
-        self.futures[name] = self._executor().submit(_run_in_worker, job)
+        pool = self._executor()
+        self.futures[name] = pool.submit(_run_in_worker, job, self._spill)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -175,7 +227,8 @@ class Prefetch:
             # team), and the fork happens while the writer's other threads wait on this load.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
-            self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.futures)
+            self._spill = _spill_dir()
+            self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.futures, self._spill)
         return self._pool
 
     @staticmethod
@@ -183,9 +236,11 @@ class Prefetch:
         if msg[0] == "error":
             _, cls, message, path, tensor, fix = msg
             raise cls(message, path=path, tensor=tensor, fix=fix)
-        return tuple(x() if isinstance(x, _Packed) else x for x in msg[1])
+        return tuple(x() if isinstance(x, (_Packed, _Spilled)) else x for x in msg[1])
 
 
-def _shutdown(pool: ProcessPoolExecutor, futures: dict) -> None:
+def _shutdown(pool: ProcessPoolExecutor, futures: dict, spill: str | None) -> None:
     futures.clear()
     pool.shutdown(wait=True, cancel_futures=True)
+    if spill:
+        shutil.rmtree(spill, ignore_errors=True)      # results computed but never taken
