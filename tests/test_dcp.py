@@ -370,7 +370,8 @@ def test_interrupted_parallel_run_resumes(tmp_path, hf, v2_tp):
 @given(op=hs.sampled_from(["identity", "split", "unstack", "qkv_grouped", "trim_rows"]),
        a=hs.integers(1, 4), b=hs.integers(1, 4), inverse=hs.booleans())
 def test_shape_functions_match_the_ops(op, a, b, inverse):
-    params = {"split": {"parts": 2, "dim": 0}, "unstack": {"dim": 0}, "trim_rows": {"rows": a if not inverse else 2 * a},
+    params = {"split": {"parts": 2, "dim": 0}, "unstack": {"dim": 0},
+              "trim_rows": {"rows": a if not inverse else 2 * a},
               "qkv_grouped": {"num_heads": 2 * a, "num_groups": a, "head_dim": b}}.get(op, {})
     if op == "qkv_grouped":
         ins = [(4 * a * b, b)]

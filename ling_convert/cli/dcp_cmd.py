@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +12,7 @@ from ..megatron.parallel import world
 from ..megatron.run import dcp_to_hf, hf_to_dcp
 from . import app
 from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
-                     emit_json, human_bytes, out)
+                     emit_json, err, human_bytes, out)
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
 Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
@@ -52,12 +53,17 @@ def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8
            config_from: ConfigFromOpt = None, tokenizer_dir: TokDirOpt = None, allow_unmapped: UnmappedOpt = False,
            force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""
-    with byte_progress("dcp2st", quiet=as_json or dry_run or world()[0] != 0) as prog:
-        r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, workers=workers,
-                      max_shard_size=max_shard_size, vocab_size=vocab_size, config_from=config_from,
-                      tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
-                      dry_run=dry_run, progress=prog)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with byte_progress("dcp2st", quiet=as_json or dry_run or world()[0] != 0) as prog:
+            r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, workers=workers,
+                          max_shard_size=max_shard_size, vocab_size=vocab_size, config_from=config_from,
+                          tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
+                          dry_run=dry_run, progress=prog)
     _report(r, as_json)
+    if world()[0] == 0:       # e.g. FP8 shapes off the 128 block grid; one line each, after the result
+        for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+            err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

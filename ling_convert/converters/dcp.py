@@ -22,7 +22,7 @@ import torch
 
 from . import converter
 from .. import ops
-from ..errors import BadInputError, UnknownTensorError, UnsupportedError
+from ..errors import BadInputError, UnknownTensorError
 from ..formats import aux_files
 from ..formats.dcp import reader_of
 from ..megatron.config import args_vocab, tokenizer_ids
@@ -30,8 +30,7 @@ from ..megatron.keymap import TABLE, KeyMap, Rule
 from ..source import Source, TensorInfo, ordered
 
 _SCHEMA_FIX = f"add a rule to schemas/{TABLE}, or pass --allow-unmapped to skip these keys"
-_CACHE: OrderedDict = OrderedDict()    # instance -> outputs, for the last few multi-output ops
-_CACHE_SIZE = 4
+_CACHE_SIZE = 4     # multi-output op results kept (fc1 -> gate, up are read one after the other)
 
 
 def _op_error(e: Exception, src: Source, name: str) -> BadInputError:
@@ -48,18 +47,19 @@ class _Instance:
     load: Callable[[], torch.Tensor]
     fn: str
     params: dict
-    rows: int | None = None      # keep only the first `rows` rows (vocab padding)
+    rows: int | None             # keep only the first `rows` rows (vocab padding)
+    cache: OrderedDict           # shared by one Source's instances: the last few results
 
     def outputs(self) -> list[torch.Tensor]:
-        if self in _CACHE:
-            return _CACHE[self]
+        if self in self.cache:
+            return self.cache[self]
         x = self.load()
         if self.rows is not None:
             x = ops.apply("trim_rows", [x], rows=self.rows)[0]
         out = ops.apply(self.fn, [x], **self.params)
-        _CACHE[self] = out
-        while len(_CACHE) > _CACHE_SIZE:    # bounded even if a reader skips some outputs
-            _CACHE.popitem(last=False)
+        self.cache[self] = out
+        while len(self.cache) > _CACHE_SIZE:    # bounded even if a reader skips some outputs
+            self.cache.popitem(last=False)
         return out
 
 
@@ -160,7 +160,7 @@ def _classify(km: KeyMap, keys, tensors: set[str]) -> tuple[list[str], list[str]
 
 
 def _map_forward(src: Source, km: KeyMap, used: list[str], vocab: int, force_bf16: bool):
-    forced = _forced_dtypes(km)
+    forced, cache = _forced_dtypes(km), OrderedDict()
     infos: dict[str, TensorInfo] = {}
     thunks: dict[str, Callable] = {}
     origin: dict[str, str] = {}
@@ -182,7 +182,7 @@ def _map_forward(src: Source, km: KeyMap, used: list[str], vocab: int, force_bf1
             raise _op_error(e, src, key) from None
         for lead in itertools.product(*(range(km.counts[a]) for a in rule.axes)):
             v = {**vals, **dict(zip(rule.axes, lead))}
-            inst = _Instance(_slice_loader(src.get(key), lead), fn, params, rows)
+            inst = _Instance(_slice_loader(src.get(key), lead), fn, params, rows, cache)
             for i, (pat, shp) in enumerate(zip(rule.hf, shapes)):
                 name = pat.format(**v)
                 if name in infos:

@@ -14,6 +14,7 @@ ref: dcp.md §1-§3.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import struct
@@ -64,6 +65,10 @@ def _dtype_of(props, where: Path, fqn: str) -> torch.dtype:
 
 def read_metadata(root: Path) -> tuple[dict[str, DcpTensor], list[str]]:
     """Parse `.metadata` -> ({fqn: DcpTensor}, [non-tensor fqns]); checks chunk geometry."""
+    return _parse_metadata(root)[:2]
+
+
+def _parse_metadata(root: Path) -> tuple[dict[str, DcpTensor], list[str], set[str]]:
     where = root / METADATA
     if not where.is_file():
         raise MissingShardError(f"no {METADATA} file: the save did not finish (DCP writes it last)", path=root,
@@ -88,7 +93,10 @@ def read_metadata(root: Path) -> tuple[dict[str, DcpTensor], list[str]]:
             raise CorruptFileError(f"chunks hold {sum(math.prod(c.sizes) for c in chunks)} elements, the tensor "
                                    f"{shape} needs {math.prod(shape)}", path=where, tensor=fqn, fix=_RECREATE)
         tensors[fqn] = DcpTensor(fqn, shape, dtype, chunks)
-    return tensors, others
+    # Megatron marks tensors it saved flattened (distributed-optimizer layout) in mcore_data.
+    mcore = getattr(md, "mcore_data", None) or {}
+    flat = {k for k, v in mcore.items() if isinstance(v, dict) and "nd_reformulated_orig_global_shape" in v}
+    return tensors, others, flat
 
 
 def _chunk(root: Path, where: Path, fqn: str, shape, c, files) -> Chunk:
@@ -210,13 +218,18 @@ class DcpReader:
 
     def __init__(self, root: Path):
         self.root = root
-        self.tensors, self.others = read_metadata(root)
+        _check_backend(root)
+        self.tensors, self.others, self.flattened = _parse_metadata(root)
         self.args: dict | None = None      # Megatron training args from common.pt, when present
 
     def validate(self, names) -> None:
         """Fail early (before any output) if a data file is missing or too short for its chunks."""
         sizes: dict[Path, int] = {}
         for name in names:
+            if name in self.flattened:
+                raise UnsupportedError("saved N-D flattened (Megatron distributed-optimizer layout); its chunks "
+                                       "are not slices of the weight", path=self.root, tensor=name,
+                                       fix="save the model weights with a plain torch_dist checkpoint")
             for c in self.tensors[name].chunks:
                 if c.file not in sizes:
                     if not c.file.is_file():
@@ -278,6 +291,20 @@ def _ravel(idx: tuple[int, ...], dims: tuple[int, ...]) -> int:
     for i, d in zip(idx, dims):
         flat = flat * d + i
     return flat
+
+
+def _check_backend(root: Path) -> None:
+    """Megatron's metadata.json names the sharded backend; only torch_dist is a DCP."""
+    p = root / MEGATRON_META
+    if not p.is_file():
+        return
+    try:
+        backend = json.loads(p.read_text()).get("sharded_backend", "torch_dist")
+    except (ValueError, AttributeError, OSError):
+        raise CorruptFileError("not a JSON object", path=p, fix="restore Megatron's metadata.json") from None
+    if backend != "torch_dist":
+        raise UnsupportedError(f"Megatron sharded_backend {backend!r}; only 'torch_dist' (DCP) is supported",
+                               path=p, fix="re-save the checkpoint with --ckpt-format torch_dist")
 
 
 class DcpThunk:

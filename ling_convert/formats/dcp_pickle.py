@@ -73,7 +73,11 @@ _META_CLASSES = {
     _DCP + "metadata." + n for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
                                      "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
                                      "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {_DCP + "filesystem._StorageInfo"}
+} | {_DCP + "filesystem._StorageInfo"} | {
+    # torch <= 2.1 kept these two in the ShardedTensor package; old Megatron checkpoints name them there.
+    "torch.distributed._shard.sharded_tensor.metadata.TensorProperties",
+    "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING",
+}
 _META_FUNCS = {
     "torch.Size": torch.Size, "torch.serialization._get_layout": _get_layout,
     "collections.OrderedDict": OrderedDict, "builtins.set": set, "builtins.frozenset": frozenset,

@@ -52,5 +52,19 @@ def hf_to_dcp(src, out, *, max_shard_size="5GB", padded_vocab_size: int | None =
     options = {"padded_vocab_size": padded_vocab_size, "stack_layers": stack_layers,
                "allow_unmapped": allow_unmapped}
     options = {k: v for k, v in options.items() if v not in (None, False)}
-    return api.convert(Path(src), out, to="dcp", max_shard_size=max_shard_size, force=force, dry_run=dry_run,
+    if dry_run:
+        return _dcp_plan(src, max_shard_size, options)
+    return api.convert(Path(src), out, to="dcp", max_shard_size=max_shard_size, force=force,
                        options=options, progress=progress)
+
+
+def _dcp_plan(src, max_shard_size, options: dict) -> api.ConvertResult:
+    """--dry-run for st2dcp: the .distcp files the writer would produce (no tensor data read)."""
+    from ..formats.dcp_write import plan_files, plan_items
+    from ..formats.safetensors import parse_size
+    lazy, route = api.prepare(src, "dcp", options=options)
+    files = plan_files(plan_items(lazy), parse_size(max_shard_size))
+    shards = [{"file": f"__0_{i}.distcp", "tensors": len({it.fqn for it in items}),
+               "bytes": sum(it.nbytes for it in items)} for i, items in enumerate(files)]
+    return api.ConvertResult(None, [e.name for e in route], lazy.source_format, "dcp", len(lazy.infos),
+                             lazy.total_bytes, shards=shards, dry_run=True)
