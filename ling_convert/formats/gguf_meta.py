@@ -5,7 +5,8 @@ entry names a key, its GGUF type and where the value comes from (config fields, 
 named derivation, or a constant). Export writes every entry; import sets the config
 fields back from the keys, so the recovered config is what llama.cpp computes with.
 
-    >>> [k for k, _, _ in metadata_values(tiny_config("ling-mini-2"), table_for_config(tiny_config("ling-mini-2")))][:2]  # doctest: +SKIP
+    >>> cfg = tiny_config("ling-mini-2")
+    >>> [k for k, _, _ in metadata_values(cfg, table_for_config(cfg))][:2]     # doctest: +SKIP
     ['bailingmoe2.context_length', 'bailingmoe2.embedding_length']
 """
 
