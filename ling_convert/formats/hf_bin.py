@@ -19,7 +19,7 @@ import torch
 from ..errors import BadInputError, CorruptFileError, UnsafePickleError
 from ..source import Source, TensorInfo
 from . import Format, aux_files, read_config, register
-from .safetensors import _pread_into, shard_files
+from .safetensors import pread_flat, shard_files
 
 INDEX = "pytorch_model.bin.index.json"
 SINGLE = "pytorch_model.bin"
@@ -108,12 +108,7 @@ def _locate(file: Path, sd: dict[str, torch.Tensor]) -> dict[str, _Loc]:
 def _read(loc: _Loc) -> torch.Tensor:
     if loc.nbytes == 0:
         return torch.empty(loc.shape, dtype=loc.dtype)
-    buf = bytearray(loc.nbytes)
-    with open(loc.file, "rb", buffering=0) as f:
-        got = _pread_into(f, buf, loc.offset)
-    if got != loc.nbytes:
-        raise CorruptFileError(f"expected {loc.nbytes} bytes, read {got}", path=loc.file, fix="the file is truncated")
-    flat = torch.frombuffer(buf, dtype=loc.dtype)
+    flat = pread_flat(loc.file, loc.offset, loc.nbytes, loc.dtype)
     return flat.as_strided(loc.shape, loc.stride).contiguous()
 
 

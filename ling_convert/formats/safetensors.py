@@ -105,20 +105,26 @@ def _check_overlaps(path: Path, entries: dict[str, Entry]) -> None:
 
 
 def read_tensor(path: Path, entry: Entry) -> torch.Tensor:
-    n = entry.end - entry.begin
-    buf = bytearray(n)
+    flat = pread_flat(path, entry.begin, entry.end - entry.begin, entry.info.dtype)
+    return flat.reshape(entry.info.shape)
+
+
+def pread_flat(path: Path, offset: int, nbytes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Read `nbytes` at `offset` into a fresh 1-D tensor of `dtype` (no zero-fill, no mmap)."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=dtype)
+    buf = torch.empty(nbytes, dtype=torch.uint8)  # uninitialised: pread fills every byte
     with open(path, "rb", buffering=0) as f:
-        got = _pread_into(f, buf, entry.begin)
-    if got != n:
-        raise CorruptFileError(f"expected {n} bytes, read {got}", path=path, fix="the file is truncated")
-    if n == 0:
-        return torch.empty(entry.info.shape, dtype=entry.info.dtype)
-    return torch.frombuffer(buf, dtype=entry.info.dtype).reshape(entry.info.shape)
+        got = _pread_into(f, buf.numpy(), offset)
+    if got != nbytes:
+        raise CorruptFileError(f"expected {nbytes} bytes at offset {offset}, read {got}", path=path,
+                               fix="the file is truncated; re-download it")
+    return buf.view(dtype)
 
 
-def _pread_into(f, buf: bytearray, offset: int) -> int:
-    view, done = memoryview(buf), 0
-    while done < len(buf):
+def _pread_into(f, buf, offset: int) -> int:
+    view, done = memoryview(buf).cast("B"), 0
+    while done < len(view):
         chunk = os.preadv(f.fileno(), [view[done:]], offset + done)
         if chunk == 0:
             break
