@@ -24,7 +24,10 @@ from .source import Source
 # (see tests and the README). Lossless routes must reproduce logits bit for bit.
 TOLERANCES: dict[str, dict] = {
     "exact": {"max_abs": 0.0},
-    "fp8": {"kl": 5e-3, "top1": 0.90},
+    # Tiny random MoE routers flip experts under FP8 noise, so KL/top-1 swing (top-1 0.69-0.84,
+    # last-token KL up to 0.41 at 32 tokens); logit cosine separates cleanly: correct FP8 >= 0.957,
+    # scale-as-divisor <= 0.30, wrong block size <= 0.88 (tests/test_fp8.py).
+    "fp8": {"cosine": 0.94, "top1": 0.6},
     "gguf-f32": {"max_abs": 1e-4},
     "gguf-f16": {"kl": 1e-4, "top1": 0.97},
     "gguf-bf16": {"kl": 1e-3, "top1": 0.95},
@@ -129,6 +132,8 @@ def passes(m: dict, tol: dict) -> bool:
         ok &= m["kl_last"] <= tol["kl"]
     if "top1" in tol:
         ok &= m["top1"] >= tol["top1"]
+    if "cosine" in tol:
+        ok &= m["cosine"] >= tol["cosine"]
     return bool(ok)
 
 

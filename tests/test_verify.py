@@ -148,3 +148,22 @@ def test_hybrid_without_linear_layers_verifies_exactly_against_its_base(tiny, tm
     assert code == 0, err
     code, out, _ = cli("verify", src, tmp_path / "h2", "--json")
     assert code == 1 and not json.loads(out)["passed"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fp8_default_tolerance_passes_correct_and_catches_divisor(tiny, tmp_path, cli, model):
+    """The fp8 edge class's default criteria accept a correct quantization and reject scale misuse."""
+    from safetensors.torch import load_file, save_file
+    src = tiny(model, "safetensors")
+    code, _, err = cli("quantize", src, tmp_path / "q", "--scheme", "fp8-block")
+    assert code == 0, err
+    code, out, _ = cli("verify", src, tmp_path / "q", "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["edge_class"] == "fp8" and rep["passed"], rep
+    # Negative control: scales stored inverted (as if used as divisors).
+    for f in (tmp_path / "q").glob("*.safetensors"):
+        t = load_file(str(f))
+        save_file({k: (1.0 / v if k.endswith("_scale_inv") else v) for k, v in t.items()}, str(f),
+                  metadata={"format": "pt"})
+    code, out, _ = cli("verify", src, tmp_path / "q", "--json")
+    assert code == 1 and not json.loads(out)["passed"]

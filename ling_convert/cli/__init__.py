@@ -23,6 +23,7 @@ app = typer.Typer(name="ling-convert", no_args_is_help=True, add_completion=Fals
 _COMMANDS = ("core", "verify_cmd", "fp8_cmd", "dcp_cmd", "mindie_cmd", "gguf_cmd", "hybrid_cmd",
              "config_cmd", "hub_cmd")
 DEBUG_ENV = "LING_CONVERT_DEBUG"
+INTERRUPTED = "interrupted; finished shards are kept, rerun the same command with --resume to continue"
 
 
 def _load_commands() -> None:
@@ -49,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if code == 130:  # click turned Ctrl-C into Exit(130) after the command unwound
+            code = _fail(INTERRUPTED, 130)
     except LingConvertError as e:
         if debug:
             import traceback
             traceback.print_exc()
         code = _fail(e.one_line(), e.exit_code)
     except KeyboardInterrupt:
-        code = _fail("interrupted; finished shards are kept, rerun with --resume to continue", 130)
+        code = _fail(INTERRUPTED, 130)
     except MemoryError:
         code = _fail("out of memory", 3)
     except OSError as e:

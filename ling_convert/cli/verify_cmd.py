@@ -24,9 +24,9 @@ def parse_tol(text: str | None) -> dict | None:
         tol = {k.strip(): float(v) for k, v in pairs.items()}
     except ValueError:
         raise BadInputError(f"cannot parse --tol {text!r}", fix="use e.g. --tol 1e-3 or --tol kl=1e-3,top1=0.95") from None
-    unknown = set(tol) - {"max_abs", "kl", "top1"}
+    unknown = set(tol) - {"max_abs", "kl", "top1", "cosine"}
     if unknown:
-        raise BadInputError(f"unknown tolerance key(s) {sorted(unknown)}", fix="use max_abs, kl and/or top1")
+        raise BadInputError(f"unknown tolerance key(s) {sorted(unknown)}", fix="use max_abs, kl, top1 and/or cosine")
     return tol
 
 
@@ -45,7 +45,7 @@ def verify(a: Annotated[Path, typer.Argument(help="Checkpoint A (any format).")]
            tokens: Annotated[Optional[str], typer.Option("--tokens", help="Comma-separated token ids.")] = None,
            seq_len: Annotated[int, typer.Option("--seq-len", help="Random tokens when --tokens is not given.")] = 32,
            seed: Annotated[int, typer.Option("--seed")] = 0,
-           tol: Annotated[Optional[str], typer.Option("--tol", help="Override: 1e-3 or kl=..,top1=..,max_abs=..")] = None,
+           tol: Annotated[Optional[str], typer.Option("--tol", help="Override: 1e-3 or kl=..,top1=..,cosine=..,max_abs=..")] = None,
            layers: Annotated[Optional[int], typer.Option("--layers", help="Compare hidden states after N layers.")] = None,
            mtp: Annotated[bool, typer.Option("--mtp", help="Also compare MTP-layer outputs.")] = False,
            as_json: JsonOpt = False):
