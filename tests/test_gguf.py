@@ -371,13 +371,23 @@ def _nothing_left(d: Path, *names: str) -> bool:
     return not any((d / n).exists() for n in names) and not list(d.glob(".*.partial"))
 
 
-def test_hybrid_linear_is_refused(tiny, tmp_path, cli):
-    src = write_tiny(tmp_path / "hyb", "ling-mini-2")
+@pytest.mark.parametrize("model,arch", [("ling-lite", "BailingMoeLinearForCausalLM"),
+                                        ("ling-mini-2", "BailingMoeLinearV2ForCausalLM")])
+def test_hybrid_linear_is_refused(tmp_path, cli, model, arch):
+    src = write_tiny(tmp_path / "hyb", model)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "architectures": ["BailingMoeLinearV2ForCausalLM"]}))
-    r = run_subprocess("to-gguf", src, tmp_path / "h.gguf")
-    assert_one_line_error(r.returncode, r.stderr, "not supported by llama.cpp", "BailingMoeLinearV2ForCausalLM")
+    (src / "config.json").write_text(json.dumps({**cfg, "architectures": [arch]}))
+    code, _, err = cli("to-gguf", src, tmp_path / "h.gguf")
+    assert_one_line_error(code, err, "not supported by llama.cpp", arch)
     assert _nothing_left(tmp_path, "h.gguf", "h.gguf.ling-convert.json")
+    code, _, err = cli("convert", src, tmp_path / "h.gguf", "--to", "gguf")   # the generic path refuses too
+    assert code == 2 and _nothing_left(tmp_path, "h.gguf"), err
+
+
+def test_bad_input_never_shows_a_traceback(tmp_path):
+    src = write_tiny(tmp_path / "src", "ling-mini-2", tokenizer=False)
+    r = run_subprocess("to-gguf", src, tmp_path / "m.gguf")
+    assert_one_line_error(r.returncode, r.stderr, "--tokenizer-dir")
 
 
 def test_missing_tokenizer_names_the_flag(tmp_path, cli, tiny):
