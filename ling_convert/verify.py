@@ -28,13 +28,15 @@ TOLERANCES: dict[str, dict] = {
     # last-token KL up to 0.41 at 32 tokens); logit cosine separates cleanly: correct FP8 >= 0.957,
     # scale-as-divisor <= 0.30, wrong block size <= 0.88 (tests/test_fp8.py).
     "fp8": {"cosine": 0.94, "top1": 0.6},
-    "gguf-f32": {"max_abs": 1e-4},
-    "gguf-f16": {"kl": 1e-4, "top1": 0.97},
-    "gguf-bf16": {"kl": 1e-3, "top1": 0.95},
-    "gguf-q8_0": {"kl": 2e-3, "top1": 0.90},
-    "gguf-q4_0": {"kl": 5e-2, "top1": 0.70},
+    # GGUF limits from 6 seeds x 3 tiny models at 32 tokens (tests/test_gguf.py), with margin:
+    # worst seen f32 max 9.5e-7; f16 max 5e-4; bf16 max 4e-3, top-1 >= 0.969;
+    # q8_0 mean KL 0.0185, top-1 0.844; q4_0 mean KL 0.34, top-1 0.281 (routing flips).
+    "gguf-f32": {"max_abs": 1e-5},
+    "gguf-f16": {"max_abs": 2e-3, "kl_mean": 1e-6},
+    "gguf-bf16": {"max_abs": 1.5e-2, "kl_mean": 1e-5},
+    "gguf-q8_0": {"kl_mean": 0.05, "top1": 0.75},
+    "gguf-q4_0": {"kl_mean": 0.5, "top1": 0.2},
 }
-LOSSY_FORMATS = ("fp8", "gguf")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class VerifyReport:
     max_abs: float = 0.0
     mean_abs: float = 0.0
     kl_last: float = 0.0
+    kl_mean: float = 0.0
     top1: float = 1.0
     cosine: float = 1.0
     exact: bool = True
@@ -118,9 +121,12 @@ def compare(la: torch.Tensor, lb: torch.Tensor) -> dict:
     pa = torch.log_softmax(la[..., -1, :].double(), -1)
     pb = torch.log_softmax(lb[..., -1, :].double(), -1)
     kl = torch.sum(pa.exp() * (pa - pb), -1).mean().item()
+    qa, qb = torch.log_softmax(la.double(), -1), torch.log_softmax(lb.double(), -1)
+    kl_mean = torch.sum(qa.exp() * (qa - qb), -1).mean().item()
     top1 = (la.argmax(-1) == lb.argmax(-1)).float().mean().item()
     cos = torch.nn.functional.cosine_similarity(la.flatten().double(), lb.flatten().double(), dim=0).item()
-    return {"max_abs": d.max().item(), "mean_abs": d.mean().item(), "kl_last": max(kl, 0.0), "top1": top1,
+    return {"max_abs": d.max().item(), "mean_abs": d.mean().item(), "kl_last": max(kl, 0.0),
+            "kl_mean": max(kl_mean, 0.0), "top1": top1,
             "cosine": cos, "exact": bool(torch.equal(la, lb))}
 
 
@@ -130,6 +136,8 @@ def passes(m: dict, tol: dict) -> bool:
         ok &= m["max_abs"] <= tol["max_abs"]
     if "kl" in tol:
         ok &= m["kl_last"] <= tol["kl"]
+    if "kl_mean" in tol:
+        ok &= m["kl_mean"] <= tol["kl_mean"]
     if "top1" in tol:
         ok &= m["top1"] >= tol["top1"]
     if "cosine" in tol:

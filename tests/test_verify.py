@@ -167,3 +167,16 @@ def test_fp8_default_tolerance_passes_correct_and_catches_divisor(tiny, tmp_path
                   metadata={"format": "pt"})
     code, out, _ = cli("verify", src, tmp_path / "q", "--json")
     assert code == 1 and not json.loads(out)["passed"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0", "q4_0"])
+def test_gguf_default_tolerances(tiny, tmp_path, cli, model, outtype):
+    """Each GGUF type passes verify's default for its class (limits set from measurement)."""
+    src = tiny(model, "safetensors")
+    out = tmp_path / "m.gguf"
+    code, _, err = cli("to-gguf", src, out, "--outtype", outtype)
+    assert code == 0, err
+    code, res, err = cli("verify", src, out, "--json")
+    rep = json.loads(res)
+    assert code == 0 and rep["passed"] and rep["edge_class"] == f"gguf-{outtype}", (rep, err)

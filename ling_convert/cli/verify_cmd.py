@@ -24,9 +24,9 @@ def parse_tol(text: str | None) -> dict | None:
         tol = {k.strip(): float(v) for k, v in pairs.items()}
     except ValueError:
         raise BadInputError(f"cannot parse --tol {text!r}", fix="use e.g. --tol 1e-3 or --tol kl=1e-3,top1=0.95") from None
-    unknown = set(tol) - {"max_abs", "kl", "top1", "cosine"}
+    unknown = set(tol) - {"max_abs", "kl", "kl_mean", "top1", "cosine"}
     if unknown:
-        raise BadInputError(f"unknown tolerance key(s) {sorted(unknown)}", fix="use max_abs, kl, top1 and/or cosine")
+        raise BadInputError(f"unknown tolerance key(s) {sorted(unknown)}", fix="use max_abs, kl, kl_mean, top1 and/or cosine")
     return tol
 
 
@@ -71,7 +71,7 @@ def _render(rep) -> None:
         out.print(t)
         return
     t = Table("metric", "value", title=f"{rep.compared}: {rep.a} vs {rep.b} ({rep.edge_class})")
-    for k in ("max_abs", "mean_abs", "kl_last", "top1", "cosine", "exact"):
+    for k in ("max_abs", "mean_abs", "kl_last", "kl_mean", "top1", "cosine", "exact"):
         t.add_row(k, f"{getattr(rep, k):.3e}" if isinstance(getattr(rep, k), float) else str(getattr(rep, k)))
     for name, m in rep.mtp.items():
         t.add_row(f"{name} max_abs", f"{m['max_abs']:.3e}")
