@@ -12,16 +12,16 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import cp_baseline, dir_bytes, ling, print_table, run_measured, synthetic_config, warm, write_synthetic
+from common import cp_baseline, dir_bytes, ling, print_table, run_measured, settle, synthetic_config, write_synthetic
 
 
 def bench(size_gb: float, work: Path) -> dict:
     src = write_synthetic(work / f"bin-{size_gb}", synthetic_config(size_gb), "bin")
     nbytes = dir_bytes(src)
-    warm(src)
     base = cp_baseline(src, work / "cp-out")
     out = work / "st-out"
     shutil.rmtree(out, ignore_errors=True)
+    settle(src)
     ours = run_measured(ling("bin2st", str(src), str(out)))
     shutil.rmtree(out)
     shutil.rmtree(src)

@@ -113,11 +113,19 @@ def warm(p: Path) -> None:
                     pass
 
 
+def settle(src: Path) -> None:
+    """Same start for every measured run: no dirty pages pending, the source in the page cache."""
+    os.sync()
+    warm(src)
+
+
 def cp_baseline(src: Path, dst: Path) -> dict:
     """`cp -r` of the same bytes, plus `sync` of the copies (we fsync every file we write)."""
     shutil.rmtree(dst, ignore_errors=True)
+    settle(src)
     plain = run_measured(["cp", "-r", str(src), str(dst)])
     shutil.rmtree(dst)
+    settle(src)
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
     subprocess.run(["sync", *map(str, sorted(dst.iterdir()))], check=True)
