@@ -62,3 +62,13 @@ def byte_progress(label: str, quiet: bool = False):
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
         yield _Bar(bar, label)
+
+
+def print_shard_plan(shards: list[dict]) -> None:
+    """The --dry-run table: one row per planned shard."""
+    from rich.table import Table
+    t = Table("shard", "tensors", "bytes")
+    for s in shards:
+        t.add_row(s["file"], str(s["tensors"]), human_bytes(s["bytes"]))
+    out.print(t)
+    out.print("dry run: no tensor data read, nothing written")

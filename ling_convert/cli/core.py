@@ -11,7 +11,7 @@ from rich.table import Table
 from .. import api
 from . import app
 from .common import (DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
-                     byte_progress, emit_json, human_bytes, out)
+                     byte_progress, emit_json, human_bytes, out, print_shard_plan)
 
 
 def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
@@ -36,11 +36,7 @@ def _print_result(r: api.ConvertResult, as_json: bool) -> None:
     out.print(f"route: {route} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
     if r.dry_run:
-        t = Table("shard", "tensors", "bytes")
-        for s in r.shards:
-            t.add_row(s["file"], str(s["tensors"]), human_bytes(s["bytes"]))
-        out.print(t)
-        out.print("dry run: no tensor data read, nothing written")
+        print_shard_plan(r.shards)
     else:
         out.print(f"wrote {r.output}")
 

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from .. import hybrid
 from . import app
-from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, SrcArg, emit_json, human_bytes, out
+from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, SrcArg, emit_json, human_bytes, out, print_shard_plan
 
 LinearLayersOpt = Annotated[Optional[str], typer.Option(
     "--linear-layers", help="Comma list of layers to make linear, e.g. 0,1,2; must be a layer_group_size pattern.")]
@@ -42,10 +41,6 @@ def to_hybrid_linear(src: SrcArg, dst: OutArg, linear_layers: LinearLayersOpt = 
     out.print(f"linear layers: {p['linear_layers'] or 'none'}; softmax layers: {p['softmax_layers']}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
     if r.dry_run:
-        t = Table("shard", "tensors", "bytes")
-        for s in r.shards:
-            t.add_row(s["file"], str(s["tensors"]), human_bytes(s["bytes"]))
-        out.print(t)
-        out.print("dry run: no tensor data read, nothing written")
+        print_shard_plan(r.shards)
         return
     out.print(f"wrote {r.output} (an initialisation: train before use; see ling-convert.json)")
