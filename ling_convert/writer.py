@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
 from .formats import CONFIG
 from .formats import safetensors as st
 from .output import MANIFEST, StagedOutput

@@ -50,7 +50,7 @@ def check_requirements(cfg: dict, where=None, *, fold_norm_head: bool = False) -
         value = cfg.get(req["key"], req["hf_default"])
         if value == req["equals"] or (req.get("unless_option") == "fold_norm_head" and fold_norm_head):
             continue
-        fix = (f"pass --fold-norm-head to fold the lm_head column norms into model.norm.weight"
+        fix = ("pass --fold-norm-head to fold the lm_head column norms into model.norm.weight"
                if req.get("unless_option") else f"set {req['key']} to {req['equals']} in a re-exported checkpoint")
         raise UnsupportedError(f"MindIE needs {req['key']}={str(req['equals']).lower()}, this checkpoint has "
                                f"{value!r}: {req['why']}", path=where, fix=fix)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import BadInputError, CorruptFileError, MissingShardError
-from ..source import ST_DTYPES, ST_NAMES, Source, TensorInfo, contained, dtype_size, ordered
+from ..source import ST_DTYPES, ST_NAMES, Source, TensorInfo, contained, ordered
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
