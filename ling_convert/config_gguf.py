@@ -54,13 +54,17 @@ def open_reader(path: Path):
                                fix="re-export or re-download the file") from None
 
 
-def fields(reader) -> dict[str, tuple[Any, list]]:
+def fields(reader, path: Path | None = None) -> dict[str, tuple[Any, list]]:
     """key -> (decoded value, value types), in file order, without the GGUF.* header pseudo-fields."""
     out = {}
     for key, f in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        out[key] = (f.contents(), list(f.types))
+        try:
+            out[key] = (f.contents(), list(f.types))
+        except ValueError as e:   # e.g. a string value that is not UTF-8
+            raise CorruptFileError(f"metadata key {key!r} cannot be decoded ({' '.join(str(e).split())[:160]})",
+                                   path=path, fix="re-export or re-download the file") from None
     return out
 
 
@@ -81,7 +85,7 @@ def _summary(value: Any) -> Any:
 def metadata(path: Path) -> dict[str, Any]:
     """Every metadata key -> value (long arrays summarised), for `config show` / `config diff`."""
     reader = open_reader(path)
-    view = {k: _summary(v) for k, (v, _) in fields(reader).items()}
+    view = {k: _summary(v) for k, (v, _) in fields(reader, path).items()}
     if isinstance(view.get(HF_CONFIG_KEY), str):
         try:  # shown (and diffed) field by field rather than as one long string
             view[HF_CONFIG_KEY] = json.loads(view[HF_CONFIG_KEY])
@@ -290,7 +294,7 @@ def _sidecar(path: Path) -> dict:
 
 def validate_gguf(path: Path) -> list[str]:
     """Problems with the RoPE-scaling metadata (YaRN needs factor > 1, the original context, agreement)."""
-    kv = fields(open_reader(path))
+    kv = fields(open_reader(path), path)
     arch = architecture(kv, path)
     view = rope_view(kv, arch)
     s, ctx, prefix = view["rope_scaling"], view["max_position_embeddings"], SCALING.format(arch=arch)

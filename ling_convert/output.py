@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
 from .errors import LingConvertError, OutputBusyError, OutputExistsError, WriteFailedError
@@ -81,6 +82,8 @@ class StagedOutput:
         self.files: dict[str, str] = {}      # relpath -> sha256, in write order
         self._lock_fd: int | None = None
         self._resumed: dict[str, str] = {}
+        # Called with the staging dir when it is complete, just before the rename (e.g. file modes).
+        self.before_swap: Callable[[Path], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> "StagedOutput":
@@ -189,23 +192,32 @@ class StagedOutput:
         write_json_atomic(self.staging / name, manifest)
         for name in (PROGRESS, LOCK):
             (self.staging / name).unlink(missing_ok=True)
+        if self.before_swap is not None:
+            self.before_swap(self.staging)
         fsync_path(self.staging)
         self._swap_into_place(self.staging, self.out)
         return self.out
 
     def _commit_file(self, manifest: dict) -> Path:
         # A single-file output (GGUF): the file is renamed into place, the manifest beside it.
-        inner = [r for r in self.files if not r.endswith(MANIFEST)]
+        # NOTE: everything is complete in staging before the first rename (no .tmp beside OUT
+        # if killed), and a split set's first file, the one readers open, is renamed in last.
+        inner = sorted(r for r in self.files if not r.endswith(MANIFEST))
         side = self.out.with_name(self.out.name + "." + MANIFEST)
-        for rel in inner:
+        write_json_atomic(self.staging / MANIFEST, manifest)
+        for rel in inner[1:] + inner[:1]:
             dst = self.out if len(inner) == 1 else self.out.parent / rel
             self._swap_into_place(self.staging / rel, dst)
-        write_json_atomic(side, manifest)
+        self._swap_into_place(self.staging / MANIFEST, side, guard=False)   # a stale sidecar is ours to replace
         shutil.rmtree(self.staging, ignore_errors=True)
         return self.out
 
-    def _swap_into_place(self, src: Path, dst: Path) -> None:
+    def _swap_into_place(self, src: Path, dst: Path, *, guard: bool = True) -> None:
         old = None
+        if guard and not self.force and is_nonempty(dst):
+            # NOTE: another run committed OUT after our emptiness check in __enter__; never replace it.
+            raise OutputExistsError("output appeared while this run was writing", path=dst,
+                                    fix="another run wrote it; choose a new output path or pass --force")
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
             if old.exists():

@@ -76,6 +76,34 @@ def _weight_fn(src: Source):
     return weight
 
 
+EMBEDDING = "model.word_embeddings.weight"
+
+
+def _check_runnable(src: Source) -> None:
+    """Config facts the forward indexes with (token ids, top-k) must fit the tensors: else bad input."""
+    cfg = src.config or {}
+    vocab, emb = cfg.get("vocab_size"), src.infos.get(EMBEDDING)
+    if isinstance(vocab, int) and emb is not None and emb.shape[0] < vocab:
+        raise BadInputError(f"config vocab_size {vocab} exceeds the {emb.shape[0]} rows of {EMBEDDING}",
+                            path=src.path, fix="the config does not describe these tensors; correct vocab_size")
+    k, n = cfg.get("num_experts_per_tok"), cfg.get("num_experts")
+    if isinstance(k, int) and isinstance(n, int) and k > n:
+        raise BadInputError(f"num_experts_per_tok {k} exceeds num_experts {n}", path=src.path,
+                            fix="correct the config (`ling-convert config validate` lists every problem)")
+
+
+def _forward(src: Source, ids: torch.Tensor, **kw):
+    """The reference forward; its ValueErrors are config/tensor disagreements (bad input), not bugs."""
+    from .reference import run_reference
+    _check_runnable(src)
+    try:
+        return run_reference(src.config, _weight_fn(src), ids, **kw)
+    except ValueError as e:
+        raise BadInputError(str(e), path=src.path,
+                            fix="the config does not describe these tensors; check it with `ling-convert config "
+                                "validate`") from e
+
+
 def make_tokens(cfg: dict, tokens: list[int] | None, seq_len: int, seed: int) -> torch.Tensor:
     vocab = int(cfg["vocab_size"])
     if tokens:
@@ -148,17 +176,16 @@ def passes(m: dict, tol: dict) -> bool:
 def verify(a: str | Path, b: str | Path | None = None, *, tokens: list[int] | None = None, seq_len: int = 32,
            seed: int = 0, tol: dict | None = None, layers: int | None = None, mtp: bool = False) -> VerifyReport:
     """Run the reference on A (and B) and compare logits; `b=None` summarises A alone."""
-    from .reference import run_reference
     sa = _open(a)
     ids = make_tokens(sa.config, tokens, seq_len, seed)
-    ra = run_reference(sa.config, _weight_fn(sa), ids, layers=layers, mtp=mtp)
+    ra = _forward(sa, ids, layers=layers, mtp=mtp)
     rep = VerifyReport(str(a), str(b) if b is not None else None, ids.tolist())
     if b is None:
         rep.summary = _summary(ra, layers)
         return rep
     sb = _open(b)
     _check_compatible(sa, sb)
-    rb = run_reference(sb.config, _weight_fn(sb), ids, layers=layers, mtp=mtp)
+    rb = _forward(sb, ids, layers=layers, mtp=mtp)
     rep.edge_class = edge_class(sa, sb)
     rep.tolerance = dict(tol or TOLERANCES.get(rep.edge_class, TOLERANCES["exact"]))
     xa, xb = (ra.hidden, rb.hidden) if layers else (ra.logits, rb.logits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import typer
 
@@ -61,6 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) the process exit code."""
     _return_big_buffers_to_os()
     _load_commands()
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(argv)
+    if code in (0, 1):
+        # Warnings no command rendered itself: one line each after the result, never Python's
+        # two-line "file:line: Category" form; a failed run shows only its error line.
+        for msg in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+            print(f"warning: {msg}", file=sys.stderr)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
         app(args=argv, standalone_mode=True)
@@ -88,6 +102,4 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
             traceback.print_exc()
         code = _fail(" ".join(f"internal error: {type(e).__name__}: {e}".split())[:500], 3)
-    if argv is None:
-        sys.exit(code)
     return code

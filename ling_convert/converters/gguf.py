@@ -133,6 +133,15 @@ def _stack_inputs(g: Group, cfg: dict, where) -> list[str]:
     return [g.slots[e] for e in range(n)]
 
 
+def _check_vocab_rows(src: Source, cfg: dict) -> None:
+    # llama.cpp sizes token_embd/output by the token list, which has vocab_size entries.
+    name = "model.word_embeddings.weight"
+    rows = src.info(name).shape[0] if name in src.infos else None
+    if rows is not None and rows != int(cfg["vocab_size"]):
+        raise BadInputError(f"{rows} embedding rows but config vocab_size is {cfg['vocab_size']}", path=src.path,
+                            tensor=name, fix="correct vocab_size in config.json; llama.cpp needs one token per row")
+
+
 @converter("safetensors", "gguf", lossless=False, name="to-gguf", demo_options={})
 def to_gguf(src: Source, opts: dict) -> PartedSource:
     """HF names -> llama.cpp GGUF names and layouts (split/permute QKV, stack experts, bake norm_head)."""
@@ -145,6 +154,7 @@ def to_gguf(src: Source, opts: dict) -> PartedSource:
         notes["mtp_dropped_layers"] = dropped
         cfg["num_nextn_predict_layers"] = 0
     run_checks(table, cfg, names, src.path)
+    _check_vocab_rows(src, cfg)
     infos, thunks, parts = {}, {}, {}
     for g in group_names(names, rules(table), "hf", arch, src.path):
         stacked = g.rule.op.name == "stack_experts"

@@ -257,7 +257,7 @@ class DcpReader:
 
     def _read_chunk(self, t: DcpTensor, c: Chunk, local: tuple[int, ...], out: torch.Tensor) -> int:
         b, k = _blob(c, t.fqn), len(local)
-        if b.ref.shape != c.sizes or dtype_size(b.ref.dtype) != dtype_size(t.dtype):
+        if b.ref.shape != c.sizes or not _same_dtype(b.ref.dtype, t.dtype):
             raise CorruptFileError(f"chunk holds {b.ref.dtype} {b.ref.shape}, metadata says {t.dtype} {c.sizes}",
                                    path=c.file, tensor=t.fqn, fix=_RECREATE)
         inner = c.sizes[k:]
@@ -284,6 +284,12 @@ class DcpReader:
         buf = torch.empty(b.data_bytes // dtype_size(dtype), dtype=dtype)
         _pread_tensor(c.file, b.data_start, buf)
         return buf
+
+
+def _same_dtype(stored: torch.dtype, declared: torch.dtype) -> bool:
+    # NOTE: same width is not enough (bf16 bytes read as fp16 are wrong values). Byte/untyped
+    # storages (uint8) carry 1-byte types such as FP8 as raw bytes.
+    return stored == declared or (stored == torch.uint8 and dtype_size(declared) == 1)
 
 
 def _ravel(idx: tuple[int, ...], dims: tuple[int, ...]) -> int:

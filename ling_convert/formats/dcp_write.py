@@ -80,11 +80,16 @@ class _HashingFile:
 
     def __init__(self, f):
         self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+        self.error: OSError | None = None
 
     def write(self, b) -> int:
         self.sha.update(b)
         self.pos += len(b)
-        return self.f.write(b)
+        try:
+            return self.f.write(b)
+        except OSError as e:     # torch.save turns it into "unexpected pos"; keep it for write_file
+            self.error = e
+            raise
 
     def flush(self):
         self.f.flush()
@@ -110,7 +115,12 @@ def write_file(path: Path, items: list[Item], progress=None) -> tuple[str, list[
                 raise BadInputError(f"chunk at {it.offsets} is {t.dtype} {tuple(t.shape)}, planned {it.dtype} "
                                     f"{it.sizes}", tensor=it.fqn, fix="the source is inconsistent")
             start = f.pos
-            torch.save(t, f)
+            try:
+                torch.save(t, f)
+            except RuntimeError:
+                if f.error is not None:      # disk full / file-size limit: the OSError, not torch's wrapper
+                    raise f.error from None
+                raise
             placed.append((it, start, f.pos - start))
             if progress:
                 progress(it.nbytes)

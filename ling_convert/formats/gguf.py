@@ -84,6 +84,8 @@ def _decode(buf: bytearray, qtype: QT, shape: tuple[int, ...]) -> torch.Tensor:
     if qtype in READ_DTYPES:
         return torch.frombuffer(buf, dtype=READ_DTYPES[qtype]).reshape(shape) if buf else \
             torch.empty(shape, dtype=READ_DTYPES[qtype])
+    if not buf:   # a zero-sized quantised tensor: gguf-py cannot reshape an empty block array
+        return torch.empty(shape, dtype=torch.float32)
     raw = np.frombuffer(buf, dtype=np.uint8).reshape(gguf.quant_shape_to_byte_shape(shape, qtype))
     return torch.from_numpy(np.ascontiguousarray(gguf.dequantize(raw, qtype), dtype=np.float32))
 
@@ -123,9 +125,13 @@ def open_gguf(path: str | Path) -> PartedSource:
     readers = [_reader(p) for p in paths]
     if readers[0].byte_order != "I":
         raise UnsupportedError("big-endian GGUF", path=path, fix="convert it with gguf-convert-endian first")
-    kv = read_kv(readers[0])
-    table = table_for_arch(str(kv.get("general.architecture")), path)
-    cfg, issues, embedded = recover_config(kv, table, where=path)
+    try:
+        kv = read_kv(readers[0])
+        table = table_for_arch(str(kv.get("general.architecture")), path)
+        cfg, issues, embedded = recover_config(kv, table, where=path)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:   # bytes that parse but mean nothing
+        raise CorruptFileError(f"malformed GGUF metadata ({type(e).__name__}: {str(e)[:160]})", path=path,
+                               fix="the file is damaged; re-download or re-export it") from None
     infos, thunks, parts, types = {}, {}, {}, Counter()
     for p, r in zip(paths, readers):
         for t in r.tensors:

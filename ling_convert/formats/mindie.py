@@ -110,6 +110,7 @@ def write(src: Source, out, opts) -> Path:
             raise RuntimeError(f"generated {name} fails its own schema: {problems[0]}")
 
     def extras(staged):
+        staged.before_swap = apply_modes   # modes set in staging: a killed run never shows a dir without them
         staged.write_json(lay["hf_config_backup"], hf)
         staged.write_json(lay["service_config"], svc)
         if rank is not None:
@@ -122,7 +123,6 @@ def write(src: Source, out, opts) -> Path:
     clean = src.derive(notes={k: v for k, v in src.notes.items() if k != "mindie"})
     result = write_hf_dir(clean, out, opts, target="mindie", extra_manifest={"mindie": summary},
                           before_commit=extras)
-    apply_modes(Path(result))
     return Path(result)
 
 
@@ -143,7 +143,7 @@ def expected_modes(root: Path) -> dict[Path, int]:
 
 
 def apply_modes(root: Path) -> None:
-    # NOTE: after the atomic rename: the manifest and index are written last by the shared writer.
+    # NOTE: run on the complete staging dir (manifest and index included), just before the rename.
     for p, mode in expected_modes(root).items():
         os.chmod(p, mode)
 
@@ -172,7 +172,8 @@ def validate_mindie_dir(path: str | Path) -> list[str]:
     bak = root / lay["hf_config_backup"]
     if bak.exists() and isinstance(cfg, dict):
         problems += _bak_problems(root, cfg, _load(bak, problems))
-    svc = _load(root / lay["service_config"], problems) if (root / lay["service_config"]).exists() else None
+    svc = _load(root / lay["service_config"], problems, lay["service_config"]) \
+        if (root / lay["service_config"]).exists() else None
     rt = _load(root / lay["rank_table_file"], problems) if (root / lay["rank_table_file"]).exists() else None
     if isinstance(svc, dict):
         problems += _service_problems(svc, rt, cfg if isinstance(cfg, dict) else {})
@@ -184,10 +185,10 @@ def validate_mindie_dir(path: str | Path) -> list[str]:
     return problems + _file_problems(root)
 
 
-def _load(p: Path, problems: list[str]):
+def _load(p: Path, problems: list[str], label: str | None = None):
     obj = _read_json(p)
-    if obj is None:
-        problems.append(f"{p.name}: missing or not valid JSON")
+    if obj is None:   # label: the path inside the dir ("mindie-service/config.json" is not "config.json")
+        problems.append(f"{label or p.name}: missing or not valid JSON")
     return obj
 
 

@@ -23,7 +23,7 @@ from .. import api
 from ..errors import LingConvertError
 from ..formats import CONFIG
 from ..formats import safetensors as st
-from ..output import StagedOutput, sha256_file
+from ..output import StagedOutput, os_error, sha256_file
 from ..writer import WriteOptions, manifest_for, plan_id, write_aux
 
 HF_TARGETS = ("safetensors", "fp8")   # targets whose writer is writer.write_hf_dir
@@ -69,6 +69,9 @@ def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
         return ("ok", st.write_shard(p, names, lazy.infos, lazy.load))
     except LingConvertError as e:
         return _as_data(e)
+    except OSError as e:      # disk full or file-size limit in a worker: the one-line error of a 1-process run
+        out = p.parent.parent / p.parent.name[1:].removesuffix(".partial")    # staging is .OUT.partial
+        return _as_data(os_error(e, out / p.name))
 
 
 def _write_mine(tasks: list[tuple], init_args: tuple, workers: int, progress, on_done) -> dict[str, tuple]:
@@ -185,6 +188,8 @@ def _write_all(tasks, init_args, workers: int, progress, staged: StagedOutput | 
         return _write_mine(tasks, init_args, workers, progress, record)
     except LingConvertError as e:
         return {"": _as_data(e)}
+    except OSError as e:
+        return {"": _as_data(os_error(e, Path(e.filename) if e.filename else staged and staged.out))}
     except Exception as e:
         return {"": ("internal", f"{type(e).__name__}: {e}")}
 

@@ -142,6 +142,9 @@ def dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: int | Block = DE
     check_scale(tuple(q.shape), tuple(scale_inv.shape), (bm, bn), name)
     rows, cols = q.shape
     s = scale_inv.float()
+    if not bool(torch.isfinite(s).all()):   # a damaged scale would silently give Inf/NaN weights
+        raise BadInputError("scale holds NaN or Inf values", tensor=name,
+                            fix="the scale tensor is damaged; re-download or re-quantise the checkpoint")
     out = torch.empty((rows, cols), dtype=dtype)
     step = _strip_rows(cols, bm)
     buf = torch.empty((min(step, rows), cols), dtype=torch.float32)

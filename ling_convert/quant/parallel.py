@@ -101,15 +101,37 @@ def _hand_over(t: torch.Tensor, spill: str | None):
     return _Packed(t)
 
 
+SPILL_PREFIX = "ling-convert-"
+
+
 def _spill_dir() -> str | None:
     """A private dir in /dev/shm when it has room for a few results in flight; else None (pipe)."""
     try:
         st = os.statvfs("/dev/shm")
         if st.f_bavail * st.f_frsize >= 1 << 30:
-            return tempfile.mkdtemp(prefix="ling-convert-", dir="/dev/shm")
+            _sweep_stale("/dev/shm")
+            return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir="/dev/shm")
     except OSError:
         pass
     return None
+
+
+def _sweep_stale(root: str) -> None:
+    # NOTE: a SIGKILLed run skips its finalizer, and its spill files would hold RAM until reboot.
+    for name in os.listdir(root):
+        pid = name[len(SPILL_PREFIX):].split("-", 1)[0] if name.startswith(SPILL_PREFIX) else ""
+        if pid.isdigit() and "-" in name[len(SPILL_PREFIX):] and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's process
+        return True
+    return True
 
 
 def _portable(load: Callable) -> Callable:
