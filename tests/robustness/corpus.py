@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import shutil
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -26,15 +25,25 @@ from ling_convert.testing import write_tiny
 class Case:
     name: str
     build: Callable[[Path, Path], Path]      # (workdir, canary) -> path to feed the commands
-    needle: str = ""                         # a word the one-line error must contain
+    needle: str | tuple[str, ...] = ""       # the one-line error must contain it (or one of them)
+    family: str | None = None                # which readers (default: the name's prefix)
+
+    @property
+    def kind(self) -> str:
+        """The reader family: "st", "index", "bin", "config", "dcp", "fp8", "gguf", "mindie", ..."""
+        return self.family or self.name.split(":", 1)[0]
+
+    def matches(self, line: str) -> bool:
+        needles = (self.needle,) if isinstance(self.needle, str) else self.needle
+        return any(n.lower() in line.lower() for n in needles)
 
 
 CASES: list[Case] = []
 
 
-def case(name: str, needle: str = ""):
+def case(name: str, needle: str | tuple[str, ...] = "", family: str | None = None):
     def deco(fn):
-        CASES.append(Case(name, fn, needle))
+        CASES.append(Case(name, fn, needle, family))
         return fn
     return deco
 
@@ -177,6 +186,16 @@ def _(w, c):
     return d
 
 
+@case("st: header entry is not an object", "not an object")
+def _(w, c):
+    d = tiny_copy(w)
+    f = d / "model.safetensors"
+    h, body = st_parts(f)
+    h[first_tensor(h)] = [1, 2]
+    st_write(f, h, body)
+    return d
+
+
 # -- index ----------------------------------------------------------------------
 
 @case("index: missing shard", "does not exist")
@@ -230,6 +249,16 @@ def _(w, c):
     return _index_edit(w, lambda i: i["weight_map"].update({"model.ghost.weight": "model-00001-of-00002.safetensors"}))
 
 
+@case("index: weight_map is a list", "weight_map")
+def _(w, c):
+    return _index_edit(w, lambda i: i.update(weight_map=list(i["weight_map"])))
+
+
+@case("index: shard name is not a string", "not a file name")
+def _(w, c):
+    return _index_edit(w, lambda i: i["weight_map"].update({next(iter(i["weight_map"])): 5}))
+
+
 # -- .bin ---------------------------------------------------------------------------
 
 @case("bin: pickle with a code-running global", "nothing was executed")
@@ -280,7 +309,7 @@ def _(w, c):
     return edit_config(tiny_copy(w), lambda cfg: cfg.update(num_hidden_layers="2"))
 
 
-@case("config: unknown architecture", "unknown architecture")
+@case("config: unknown architecture", ("unknown architecture", "MixtralForCausalLM"))
 def _(w, c):
     return edit_config(tiny_copy(w), lambda cfg: cfg.update(architectures=["MixtralForCausalLM"]))
 
@@ -307,3 +336,35 @@ def _(w, c):
 @case("config: layers disagree with tensors", "model.layers.2.")
 def _(w, c):
     return edit_config(tiny_copy(w), lambda cfg: cfg.update(num_hidden_layers=3))
+
+
+
+# The config parses and names a known architecture, but does not describe the tensors.
+
+@case("config: vocab_size larger than the embedding", ("vocab_size", "rows"))
+def _(w, c):
+    return edit_config(tiny_copy(w), lambda cfg: cfg.update(vocab_size=500))
+
+
+@case("config: hidden_size disagrees with tensors", ("query_key_value", "hidden_size"))
+def _(w, c):
+    return edit_config(tiny_copy(w), lambda cfg: cfg.update(hidden_size=32))
+
+
+@case("config: num_attention_heads disagrees with tensors", ("query_key_value", "heads"))
+def _(w, c):
+    return edit_config(tiny_copy(w), lambda cfg: cfg.update(num_attention_heads=8))
+
+
+@case("config: yarn rope_scaling without factor", ("factor", "rope_scaling"))
+def _(w, c):
+    return edit_config(tiny_copy(w), lambda cfg: cfg.update(rope_scaling={"type": "yarn", "rope_type": "yarn"}))
+
+
+@case("config: num_experts_per_tok > num_experts", "num_experts")
+def _(w, c):
+    return edit_config(tiny_copy(w), lambda cfg: cfg.update(num_experts_per_tok=9))
+
+
+# The other readers' cases register into CASES too (imported last: they use `case`).
+from . import corpus_formats, corpus_gguf_mindie  # noqa: E402,F401
