@@ -11,7 +11,6 @@ time, large tensors in row chunks), so peak memory does not grow with the model.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from functools import lru_cache
@@ -26,6 +25,7 @@ from ..converters.gguf_ops import PartedSource
 from ..errors import CorruptFileError, MissingShardError, UnsupportedError
 from ..source import Source, TensorInfo
 from . import Format, register
+from .safetensors import pread_flat
 from .gguf_meta import read_kv, recover_config, table_for_arch
 
 MAGIC = b"GGUF"
@@ -66,20 +66,12 @@ def _reader(path: Path) -> gguf.GGUFReader:
                                path=path, fix="the file is truncated or damaged; re-download or re-export it") from None
 
 
-def _pread(path: Path, offset: int, n: int) -> bytearray:
-    buf = bytearray(n)
-    view, done = memoryview(buf), 0
-    with open(path, "rb", buffering=0) as f:
-        while done < n:
-            got = os.preadv(f.fileno(), [view[done:]], offset + done)
-            if got == 0:
-                raise CorruptFileError(f"tensor data ends past the end of the file ({offset + n} bytes needed)",
-                                       path=path, fix="the file is truncated; re-download it")
-            done += got
-    return buf
+def _pread(path: Path, offset: int, n: int) -> memoryview:
+    """Raw bytes of one tensor (the same pread path as the safetensors reader)."""
+    return memoryview(pread_flat(path, offset, n, torch.uint8).numpy())
 
 
-def _decode(buf: bytearray, qtype: QT, shape: tuple[int, ...]) -> torch.Tensor:
+def _decode(buf: memoryview, qtype: QT, shape: tuple[int, ...]) -> torch.Tensor:
     """Raw GGUF bytes -> tensor: F32/F16/BF16 as themselves, quantised types dequantised to float32."""
     if qtype in READ_DTYPES:
         return torch.frombuffer(buf, dtype=READ_DTYPES[qtype]).reshape(shape) if buf else \
