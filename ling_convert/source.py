@@ -56,6 +56,16 @@ class TensorInfo:
         return cls(tuple(t.shape), t.dtype)
 
 
+@dataclass(frozen=True)
+class RawRange:
+    """Where a tensor's bytes lie in a file exactly as a safetensors writer would put them
+    (contiguous, little-endian), so they can be copied without being read into Python."""
+
+    file: Path
+    offset: int
+    info: TensorInfo
+
+
 @dataclass
 class Source:
     """A lazy checkpoint. Nothing is read until `load()` or a thunk is called."""
@@ -98,6 +108,15 @@ class Source:
                 f"read {tuple(t.shape)} {t.dtype}, but the header declares {want.shape} {want.dtype}",
                 path=self.path, tensor=name, fix="the file is inconsistent; re-export it")
         return t
+
+    def raw_range(self, name: str) -> RawRange | None:
+        """The tensor's stored bytes, when its thunk reads them unchanged; else None.
+
+        Readers' thunks opt in with a `raw_range()` method; an edge that transforms a
+        tensor wraps the thunk, which drops the method, so only untouched bytes qualify."""
+        fn = getattr(self.thunks[name], "raw_range", None)
+        raw = fn() if fn is not None else None
+        return raw if raw is not None and raw.info == self.infos[name] else None
 
     @property
     def total_bytes(self) -> int:

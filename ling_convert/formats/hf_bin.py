@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInputError, CorruptFileError, UnsafePickleError
-from ..source import Source, TensorInfo
+from ..source import RawRange, Source, TensorInfo
 from . import Format, aux_files, read_config, register
 from .safetensors import pread_flat, shard_files
 
@@ -112,6 +112,31 @@ def _read(loc: _Loc) -> torch.Tensor:
     return flat.as_strided(loc.shape, loc.stride).contiguous()
 
 
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
+class BinSlice:
+    """Thunk for one tensor of a .bin; exposes its byte range when the storage is laid
+    out as the tensor (no view with gaps, no transposed strides), so it can be copied."""
+
+    loc: _Loc
+
+    def __call__(self) -> torch.Tensor:
+        return _read(self.loc)
+
+    def raw_range(self) -> RawRange | None:
+        loc, info = self.loc, TensorInfo(self.loc.shape, self.loc.dtype)
+        if loc.nbytes == 0 or loc.nbytes != info.nbytes or loc.stride != _contiguous_strides(loc.shape):
+            return None
+        return RawRange(loc.file, loc.offset, info)
+
+
 def open_source(path: Path) -> Source:
     path = Path(path)
     root = path.parent if path.is_file() else path
@@ -129,7 +154,7 @@ def open_source(path: Path) -> Source:
                 raise CorruptFileError("tensor appears in two shards", path=file, tensor=name,
                                        fix="remove the duplicate shard")
             infos[name] = TensorInfo(loc.shape, loc.dtype)
-            thunks[name] = (lambda loc=loc: _read(loc))
+            thunks[name] = BinSlice(loc)
         del sd  # unmap: only the pickle was needed
     return Source(path=root, format="bin", config=read_config(root), infos=infos, thunks=thunks,
                   aux=aux_files(root))

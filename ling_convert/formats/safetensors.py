@@ -18,8 +18,9 @@ from typing import Callable, Iterable
 
 import torch
 
+from .. import fastio
 from ..errors import BadInputError, CorruptFileError, MissingShardError
-from ..source import ST_DTYPES, ST_NAMES, Source, TensorInfo, contained, ordered
+from ..source import ST_DTYPES, ST_NAMES, RawRange, Source, TensorInfo, contained, ordered
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -221,6 +222,9 @@ class FileSlice:
     def __call__(self) -> torch.Tensor:
         return read_tensor(self.file, self.entry)
 
+    def raw_range(self) -> RawRange:
+        return RawRange(self.file, self.entry.begin, self.entry.info)
+
 
 def _thunk(file: Path, entry: Entry) -> Callable[[], torch.Tensor]:
     return FileSlice(file, entry)
@@ -291,31 +295,91 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 def write_shard(path: Path, names: list[str], infos: dict[str, TensorInfo],
-                load: Callable[[str], torch.Tensor], on_bytes: Callable[[int], None] | None = None) -> str:
+                load: Callable[[str], torch.Tensor], on_bytes: Callable[[int], None] | None = None,
+                raw: Callable[[str], RawRange | None] | None = None) -> str:
     """Write one shard tensor by tensor; returns its sha256 (hashed while writing).
 
-    Three things overlap (all release the GIL): reading the next tensor, hashing
-    the current one and writing it. At most two tensors are held at once."""
-    h = hashlib.sha256()
-    tmp = path.with_name(path.name + ".tmp")
-    with ThreadPoolExecutor(2) as pool, open(tmp, "wb") as f:
-        head = header_bytes(infos, names)
-        f.write(head)
-        h.update(head)
-        nxt = pool.submit(load, names[0]) if names else None
-        for i, name in enumerate(names):
-            data = tensor_bytes(nxt.result())
-            nxt = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
-            hashing = pool.submit(h.update, data)
-            f.write(data)
-            hashing.result()
+    A tensor whose bytes already lie in a file (`raw`) is copied by the kernel and
+    hashed from the page cache; any other is read (the next one while this one is
+    written) and hashed in a second thread. At most two tensors are held at once.
+    Writeback starts every 64 MiB, so the final fsync has little left to wait for."""
+    out = _ShardOut(path.with_name(path.name + ".tmp"))
+    with ThreadPoolExecutor(2) as pool, out:
+        out.put(header_bytes(infos, names), pool)
+        todo = [(n, raw(n) if raw else None) for n in names]
+        nxt = _prefetch(pool, load, todo, 0)
+        for i, (name, rr) in enumerate(todo):
+            if rr is not None:
+                out.copy(rr, pool)
+            else:
+                data = tensor_bytes(nxt.result())
+                nxt = _prefetch(pool, load, todo, i + 1)
+                out.put(data, pool)
+                del data
             if on_bytes:
-                on_bytes(len(data))
-            del data
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return h.hexdigest()
+                on_bytes(infos[name].nbytes)
+        digest = out.finish()
+    os.replace(out.tmp, path)
+    return digest
+
+
+def _prefetch(pool, load, todo, start: int):
+    """Start reading the next tensor that has to go through Python (raw ones are copied)."""
+    for name, rr in todo[start:]:
+        if rr is None:
+            return pool.submit(load, name)
+    return None
+
+
+class _ShardOut:
+    """The file being written, its running sha256 (one hash job in flight) and writeback."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.h, self.pos, self.flushed = tmp, hashlib.sha256(), 0, 0
+        self._hashing, self._buf = None, None
+
+    def __enter__(self):
+        self.f = open(self.tmp, "w+b", buffering=0)  # read back what the kernel copied, to hash it
+        return self
+
+    def __exit__(self, *exc):
+        self._wait()
+        self.f.close()
+
+    def _wait(self):
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
+    def _scratch(self) -> bytearray:
+        if self._buf is None:
+            self._buf = bytearray(fastio.BUF)
+        return self._buf
+
+    def put(self, data, pool) -> None:
+        self._wait()
+        self._hashing = pool.submit(self.h.update, data)
+        fastio.write_all(self.f.fileno(), data)
+        self._advance(len(data))
+        self._wait()  # `data` may be freed by the caller once this returns
+
+    def copy(self, rr: RawRange, pool) -> None:
+        start, n = self.pos, rr.info.nbytes
+        fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())  # overlaps the previous hash job
+        self._advance(n)
+        self._wait()
+        self._hashing = pool.submit(fastio.hash_range, self.h, self.f.fileno(), start, n, self._scratch())
+
+    def _advance(self, n: int) -> None:
+        self.pos += n
+        if self.pos - self.flushed >= fastio.WRITEBACK_EVERY:
+            fastio.start_writeback(self.f.fileno(), self.flushed, self.pos - self.flushed)
+            self.flushed = self.pos
+
+    def finish(self) -> str:
+        self._wait()
+        os.fsync(self.f.fileno())
+        return self.h.hexdigest()
 
 
 def write_index(staged, files: dict[str, list[str]], infos: dict[str, TensorInfo], name: str = INDEX) -> None:
@@ -335,7 +399,7 @@ def write_tensors(staged, src: Source, max_shard_size: int, progress=None) -> di
             if progress:
                 progress(sum(src.infos[t].nbytes for t in tensors))
             continue
-        sha = write_shard(staged.path(fname), tensors, src.infos, src.load, progress)
+        sha = write_shard(staged.path(fname), tensors, src.infos, src.load, progress, src.raw_range)
         staged.done(fname, sha)
     return dict(zip(names, plan))
 

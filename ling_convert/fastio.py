@@ -1,0 +1,105 @@
+"""Kernel-side copies and early writeback for the shard writer (Linux; portable fallbacks).
+
+Converting a checkpoint is mostly moving bytes that do not change (bin -> safetensors,
+resharding, the bf16 tensors FP8 keeps). Copying them through Python costs a read into
+a fresh buffer (page faults), a write (another copy) and leaves all the writeback to
+the final fsync. Here: `copy_range` asks the kernel to copy a file range
+(`copy_file_range`, no user-space pass), and `start_writeback` starts flushing what was
+written so far (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, non-blocking), so the disk
+works while the next tensor is being read instead of all at once in the final fsync.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+from .errors import CorruptFileError
+
+CHUNK = 1 << 26            # bytes per copy_file_range call
+BUF = 1 << 24              # scratch buffer for hashing and the fallback copy
+WRITEBACK_EVERY = 1 << 26  # start writeback after this many new bytes
+
+# errors that mean "the kernel cannot do this copy here", not "the copy failed"
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
+_kernel_copy = hasattr(os, "copy_file_range") and os.environ.get("LING_CONVERT_NO_KERNEL_COPY") != "1"
+
+
+def write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _user_copy(src_fd: int, offset: int, n: int, dst_fd: int, buf: bytearray) -> None:
+    done = 0
+    while done < n:
+        view = memoryview(buf)[:min(len(buf), n - done)]
+        got = os.preadv(src_fd, [view], offset + done)
+        if got == 0:
+            raise EOFError
+        write_all(dst_fd, view[:got])
+        done += got
+
+
+def copy_range(src_path, offset: int, n: int, dst_fd: int) -> None:
+    """Append `n` bytes of `src_path` starting at `offset` to `dst_fd` (at its position).
+
+    Falls back to read/write when the kernel cannot copy (another file system on
+    old kernels, non-Linux)."""
+    global _kernel_copy
+    done = 0
+    with open(src_path, "rb", buffering=0) as src:
+        try:
+            while _kernel_copy and done < n:
+                try:
+                    got = os.copy_file_range(src.fileno(), dst_fd, min(CHUNK, n - done), offset + done)
+                except OSError as e:
+                    if e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    _kernel_copy = False  # remember for the rest of the run; the loop below finishes
+                    break
+                if got == 0:
+                    raise EOFError
+                done += got  # the kernel advanced dst_fd's position by `got`
+            if done < n:
+                _user_copy(src.fileno(), offset + done, n - done, dst_fd, bytearray(min(BUF, n - done)))
+        except EOFError:
+            raise CorruptFileError(f"expected {n} bytes at offset {offset}, the file ends first", path=src_path,
+                                   fix="the file is truncated; re-download it") from None
+
+
+def hash_range(h, fd: int, offset: int, n: int, buf: bytearray) -> None:
+    """Feed `n` bytes of `fd` at `offset` to hash `h` (reads what was just written: page cache)."""
+    done = 0
+    while done < n:
+        view = memoryview(buf)[:min(len(buf), n - done)]
+        got = os.preadv(fd, [view], offset + done)
+        if got == 0:
+            raise OSError(errno.EIO, "short read of a file being written")
+        h.update(view[:got])
+        done += got
+
+
+def _sync_file_range():
+    if not hasattr(os, "posix_fadvise"):  # not Linux-like: nothing to call
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn
+
+
+_SFR = _sync_file_range()
+_SFR_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of dirty pages, do not wait
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    """Begin flushing [offset, offset+n) to disk without waiting (a hint; errors surface at fsync)."""
+    if _SFR is not None and n > 0:
+        _SFR(fd, offset, n, _SFR_WRITE)

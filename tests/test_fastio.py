@@ -1,0 +1,81 @@
+"""The shard writer's fast path: untouched tensors are copied by the kernel, hashed from
+what was written, and the result is byte-identical to the read/write path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ling_convert import api, fastio
+from ling_convert.formats import open_source
+from ling_convert.output import sha256_file
+from ling_convert.source import TensorInfo
+from ling_convert.writer import WriteOptions, write_hf_dir
+
+from test_foundation import read_all_st
+
+
+def _strided_bin(d):
+    base = torch.arange(600, dtype=torch.float32).reshape(20, 30)
+    sd = {"tied.a": base, "tied.b": base, "slice": base[5:9], "col": base[:, 3], "t": base.t(),
+          "other": torch.randn(40, 50).to(torch.bfloat16), "empty": torch.empty(0, 4),
+          "scalar": torch.tensor(3.5)}
+    d.mkdir()
+    torch.save(sd, d / "pytorch_model.bin")
+
+    return sd
+
+
+def test_raw_ranges_only_for_bytes_stored_as_the_tensor(tmp_path):
+    _strided_bin(tmp_path / "m")
+    src = open_source(tmp_path / "m", "bin")
+    raw = {k for k in src.keys() if src.raw_range(k) is not None}
+    # a transposed view, a strided column and an empty tensor must go through torch
+    assert raw == {"tied.a", "tied.b", "slice", "other", "scalar"}
+    # an edge that changes what a name holds drops the shortcut, even with the same thunk
+    changed = src.derive(infos={**src.infos, "other": TensorInfo((50, 40), torch.bfloat16)})
+    assert changed.raw_range("other") is None
+    # an edge that wraps the thunk (any transform) has no raw range either
+    wrapped = src.derive(thunks={**src.thunks, "slice": lambda: src.load("slice") * 2})
+    assert wrapped.raw_range("slice") is None
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_fast_and_fallback_paths_write_identical_bytes(tmp_path, monkeypatch, kernel_copy):
+    sd = _strided_bin(tmp_path / "m")
+    monkeypatch.setattr(fastio, "_kernel_copy", kernel_copy)
+    monkeypatch.setattr(fastio, "WRITEBACK_EVERY", 1000)   # exercise early writeback on tiny data
+    out = tmp_path / "out"
+    write_hf_dir(open_source(tmp_path / "m", "bin"), out, WriteOptions(max_shard_size="3KB"))
+    got = read_all_st(out)
+    assert set(got) == set(sd)
+    for k, v in sd.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v.contiguous()), k
+    # the manifest's hash is the hash of the bytes on disk (hashed from what was copied)
+    files = json.loads((out / "ling-convert.json").read_text())["files"]
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1
+    for f in shards:
+        assert files[f.name] == sha256_file(f), f.name
+
+
+def test_kernel_copy_paths_agree_on_a_tiny_model(tiny, tmp_path, monkeypatch):
+    src = tiny("ling-mini-2", "bin", 2)
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(fastio, "_kernel_copy", flag)
+        out = tmp_path / f"out-{flag}"
+        api.convert(src, out, to="safetensors", max_shard_size="200KB")
+        outs.append({f.name: f.read_bytes() for f in out.glob("*.safetensors")})
+    assert outs[0] == outs[1] and len(outs[0]) > 1
+
+
+def test_copy_range_refuses_a_truncated_source(tmp_path):
+    from ling_convert.errors import CorruptFileError
+    src = tmp_path / "s"
+    src.write_bytes(b"x" * 100)
+    with open(tmp_path / "d", "wb") as d:
+        with pytest.raises(CorruptFileError, match="ends first"):
+            fastio.copy_range(src, 50, 80, d.fileno())
