@@ -24,7 +24,7 @@ WRITEBACK_EVERY = 1 << 26  # start writeback after this many new bytes
 
 # errors that mean "the kernel cannot do this copy here", not "the copy failed"
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
-_kernel_copy = hasattr(os, "copy_file_range") and os.environ.get("LING_CONVERT_NO_KERNEL_COPY") != "1"
+_kernel_copy = os.environ.get("LING_CONVERT_NO_KERNEL_COPY") != "1"   # tests compare both paths
 
 
 def write_all(fd: int, data) -> None:
@@ -48,28 +48,51 @@ def _user_copy(src_fd: int, offset: int, n: int, dst_fd: int, buf: bytearray) ->
 def copy_range(src_path, offset: int, n: int, dst_fd: int) -> None:
     """Append `n` bytes of `src_path` starting at `offset` to `dst_fd` (at its position).
 
-    Falls back to read/write when the kernel cannot copy (another file system on
-    old kernels, non-Linux)."""
-    global _kernel_copy
+    copy_file_range first (a reflink on file systems that share blocks), sendfile
+    between file systems (e.g. a worker's result in /dev/shm), read/write where the
+    kernel can do neither (non-Linux)."""
     done = 0
     with open(src_path, "rb", buffering=0) as src:
         try:
-            while _kernel_copy and done < n:
+            for kernel_copy in _kernel_copies(src.fileno(), dst_fd):
                 try:
-                    got = os.copy_file_range(src.fileno(), dst_fd, min(CHUNK, n - done), offset + done)
+                    while done < n:
+                        got = kernel_copy(src.fileno(), dst_fd, min(CHUNK, n - done), offset + done)
+                        if got == 0:
+                            raise EOFError
+                        done += got  # the kernel advanced dst_fd's position by `got`
+                    return
                 except OSError as e:
                     if e.errno not in _NO_KERNEL_COPY:
                         raise
-                    _kernel_copy = False  # remember for the rest of the run; the loop below finishes
-                    break
-                if got == 0:
-                    raise EOFError
-                done += got  # the kernel advanced dst_fd's position by `got`
-            if done < n:
-                _user_copy(src.fileno(), offset + done, n - done, dst_fd, bytearray(min(BUF, n - done)))
+                    _refused.add((kernel_copy, _devices(src.fileno(), dst_fd)))
+            _user_copy(src.fileno(), offset + done, n - done, dst_fd, bytearray(min(BUF, n - done)))
         except EOFError:
             raise CorruptFileError(f"expected {n} bytes at offset {offset}, the file ends first", path=src_path,
                                    fix="the file is truncated; re-download it") from None
+
+
+def _cfr(src_fd: int, dst_fd: int, n: int, offset: int) -> int:
+    return os.copy_file_range(src_fd, dst_fd, n, offset)
+
+
+def _sendfile(src_fd: int, dst_fd: int, n: int, offset: int) -> int:
+    return os.sendfile(dst_fd, src_fd, offset, n)
+
+
+_refused: set = set()   # (method, (src device, dst device)) the kernel refused once: not asked again
+
+
+def _devices(src_fd: int, dst_fd: int) -> tuple[int, int]:
+    return os.fstat(src_fd).st_dev, os.fstat(dst_fd).st_dev
+
+
+def _kernel_copies(src_fd: int, dst_fd: int):
+    if not _kernel_copy:
+        return []
+    devs = _devices(src_fd, dst_fd)
+    methods = ([_cfr] if hasattr(os, "copy_file_range") else []) + ([_sendfile] if hasattr(os, "sendfile") else [])
+    return [m for m in methods if (m, devs) not in _refused]
 
 
 def hash_range(h, fd: int, offset: int, n: int, buf: bytearray) -> None:

@@ -64,6 +64,11 @@ class RawRange:
     file: Path
     offset: int
     info: TensorInfo
+    release: Callable[[], None] | None = field(default=None, compare=False)  # called once copied
+
+    def done(self) -> None:
+        if self.release is not None:
+            self.release()
 
 
 @dataclass
@@ -109,6 +114,10 @@ class Source:
                 path=self.path, tensor=name, fix="the file is inconsistent; re-export it")
         return t
 
+    def has_raw(self, name: str) -> bool:
+        """Cheap: may `raw_range(name)` give a range? (It may block, e.g. on a worker's result.)"""
+        return hasattr(self.thunks[name], "raw_range")
+
     def raw_range(self, name: str) -> RawRange | None:
         """The tensor's stored bytes, when its thunk reads them unchanged; else None.
 
@@ -116,7 +125,10 @@ class Source:
         tensor wraps the thunk, which drops the method, so only untouched bytes qualify."""
         fn = getattr(self.thunks[name], "raw_range", None)
         raw = fn() if fn is not None else None
-        return raw if raw is not None and raw.info == self.infos[name] else None
+        if raw is not None and raw.info != self.infos[name]:
+            raw.done()
+            return None
+        return raw
 
     @property
     def total_bytes(self) -> int:

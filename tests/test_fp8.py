@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import warnings
@@ -20,6 +21,7 @@ from ling_convert.errors import BadInputError
 from ling_convert.formats import detect_format, open_source
 from ling_convert.quant import Scheme, all_schemes, get_scheme
 from ling_convert.quant.fp8_block import dequantize, quantize
+from ling_convert.output import sha256_file
 from ling_convert.quant.policy import load_policy
 from ling_convert.source import ST_NAMES
 from ling_convert.testing import TINY_MODELS, write_tiny
@@ -300,6 +302,10 @@ def test_workers_give_identical_bytes(models, tmp_path, monkeypatch, spill_min):
     assert len(files) > 1 and files == sorted(p.name for p in (tmp_path / "w2").glob("*.safetensors"))
     for f in files:
         assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+    # spilled results are copied into the shards by the kernel and their files deleted as they go
+    assert not list(Path("/dev/shm").glob(f"{parallel.SPILL_PREFIX}{os.getpid()}-*"))
+    man = json.loads((tmp_path / "w2" / "ling-convert.json").read_text())["files"]
+    assert all(man[f] == sha256_file(tmp_path / "w2" / f) for f in files)
 
 
 def test_other_block_size_and_dry_run(models, tmp_path):

@@ -63,7 +63,7 @@ def test_resume_with_tampered_shard_rewrites_it(tiny, tmp_path):
     import ling_convert.formats.safetensors as st
     with StagedOutput(tmp_path / "out", resume=True, plan_id=plan_id(lazy, opts, "safetensors")) as staged:
         name, tensors, _ = next(st.iter_shard_plan(lazy, 50_000))
-        staged.done(name, st.write_shard(staged.path(name), tensors, lazy.infos, lazy.load))
+        staged.done(name, st.write_shard(staged.path(name), tensors, lazy))
     (tmp_path / ".out.partial" / name).write_bytes(b"x" * 100)
     api.convert(src_path, tmp_path / "out", max_shard_size="50KB", resume=True)
     assert _hashes(tmp_path / "out") == want

@@ -14,6 +14,7 @@ import warnings
 
 import typer
 
+from ..heap import return_big_buffers_to_os
 from ..errors import LingConvertError
 
 app = typer.Typer(name="ling-convert", no_args_is_help=True, add_completion=False,
@@ -42,25 +43,9 @@ def _fail(line: str, code: int) -> int:
     return code
 
 
-def _return_big_buffers_to_os() -> None:
-    """Serve tensor-sized allocations with mmap so that freeing them returns the memory.
-
-    NOTE: glibc raises its mmap threshold after the first large free, after which
-    multi-MB tensor buffers come from the heap and fragmentation makes RSS grow with
-    the number of tensors converted (measured 343 -> 380 MB for 4x the model; flat
-    258 MB with a fixed 1 MiB threshold)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) the process exit code."""
-    _return_big_buffers_to_os()
+    return_big_buffers_to_os()
     _load_commands()
     with warnings.catch_warnings(record=True) as caught:
         code = _run(argv)

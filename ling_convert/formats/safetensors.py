@@ -294,40 +294,45 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy())
 
 
-def write_shard(path: Path, names: list[str], infos: dict[str, TensorInfo],
-                load: Callable[[str], torch.Tensor], on_bytes: Callable[[int], None] | None = None,
-                raw: Callable[[str], RawRange | None] | None = None) -> str:
+def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[int], None] | None = None) -> str:
     """Write one shard tensor by tensor; returns its sha256 (hashed while writing).
 
-    A tensor whose bytes already lie in a file (`raw`) is copied by the kernel and
-    hashed from the page cache; any other is read (the next one while this one is
-    written) and hashed in a second thread. At most two tensors are held at once.
-    Writeback starts every 64 MiB, so the final fsync has little left to wait for."""
+    A tensor whose bytes already lie in a file (`src.raw_range`: an untouched input
+    tensor, a worker's spilled result) is copied by the kernel and hashed from the
+    page cache; any other is read (the next one while this one is written) and
+    hashed in a second thread. At most two tensors are held at once. Writeback
+    starts every 64 MiB, so the final fsync has little left to wait for."""
     out = _ShardOut(path.with_name(path.name + ".tmp"))
     with ThreadPoolExecutor(2) as pool, out:
-        out.put(header_bytes(infos, names), pool)
-        todo = [(n, raw(n) if raw else None) for n in names]
-        nxt = _prefetch(pool, load, todo, 0)
-        for i, (name, rr) in enumerate(todo):
+        out.put(header_bytes(src.infos, names), pool)
+        nxt = _prefetch(pool, src, names, 0)
+        for i, name in enumerate(names):
+            rr = src.raw_range(name) if src.has_raw(name) else None
             if rr is not None:
                 out.copy(rr, pool)
+                rr.done()
             else:
-                data = tensor_bytes(nxt.result())
-                nxt = _prefetch(pool, load, todo, i + 1)
+                if nxt is not None and nxt.name == name:
+                    data = tensor_bytes(nxt.result())
+                    nxt = _prefetch(pool, src, names, i + 1)
+                else:   # offered a raw range, then declined it (e.g. a transposed view): read it now
+                    data = tensor_bytes(src.load(name))
                 out.put(data, pool)
                 del data
             if on_bytes:
-                on_bytes(infos[name].nbytes)
+                on_bytes(src.infos[name].nbytes)
         digest = out.finish()
     os.replace(out.tmp, path)
     return digest
 
 
-def _prefetch(pool, load, todo, start: int):
+def _prefetch(pool, src: Source, names: list[str], start: int):
     """Start reading the next tensor that has to go through Python (raw ones are copied)."""
-    for name, rr in todo[start:]:
-        if rr is None:
-            return pool.submit(load, name)
+    for name in names[start:]:
+        if not src.has_raw(name):
+            fut = pool.submit(src.load, name)
+            fut.name = name
+            return fut
     return None
 
 
@@ -399,7 +404,7 @@ def write_tensors(staged, src: Source, max_shard_size: int, progress=None) -> di
             if progress:
                 progress(sum(src.infos[t].nbytes for t in tensors))
             continue
-        sha = write_shard(staged.path(fname), tensors, src.infos, src.load, progress, src.raw_range)
+        sha = write_shard(staged.path(fname), tensors, src, progress)
         staged.done(fname, sha)
     return dict(zip(names, plan))
 

@@ -66,7 +66,7 @@ def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
         return ("ok", reuse_sha)
     lazy = _STATE["lazy"]
     try:
-        return ("ok", st.write_shard(p, names, lazy.infos, lazy.load))
+        return ("ok", st.write_shard(p, names, lazy))
     except LingConvertError as e:
         return _as_data(e)
     except OSError as e:      # disk full or file-size limit in a worker: the one-line error of a 1-process run

@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 
 from ..errors import LingConvertError
+from ..heap import reuse_heap
+from ..source import RawRange, TensorInfo
 
 
 def _demo():
@@ -75,6 +77,10 @@ class _Spilled:
     def __init__(self, path: str, t: torch.Tensor):
         self.path, self.shape, self.dtype, self.nbytes = path, tuple(t.shape), t.dtype, t.numel() * t.element_size()
 
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
     def __call__(self) -> torch.Tensor:
         try:
             raw = torch.from_file(self.path, shared=False, size=self.nbytes, dtype=torch.uint8)
@@ -83,6 +89,7 @@ class _Spilled:
         return raw.view(self.dtype).reshape(self.shape)
 
 
+_GIVEN_AWAY = object()     # cache slot of a spilled part whose file a writer took
 SPILL_MIN = 1 << 20        # smaller results go through the pipe
 _counter = itertools.count()
 
@@ -155,6 +162,7 @@ def _run_in_worker(job: Job, spill: str | None) -> tuple:
 def _init_worker() -> None:
     # Parallelism is across processes; one intra-op thread each avoids oversubscription.
     torch.set_num_threads(1)
+    reuse_heap()
     # Ctrl-C is the parent's to handle (it keeps finished shards for --resume and stops the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -183,6 +191,7 @@ class Prefetch:
         self._spill: str | None = None
         self._finalizer = None
         self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
+        self._closing = False
 
     # -- public -------------------------------------------------------------
     def take(self, name: str, part: int):
@@ -190,19 +199,46 @@ class Prefetch:
         with self._lock:
             return self._take(name, part)
 
-    def _take(self, name: str, part: int):
+    def _take(self, name: str, part: int, raw: bool = False):
         res = self._result(name)
+        if res[part] is _GIVEN_AWAY:                 # its file was handed to a writer: compute it again
+            self.cache.pop(name)
+            res = self._result(name)
+        out = res[part]
+        if isinstance(out, _Spilled):
+            # raw: the caller owns (and deletes) the file; else map it once, a second take gets the tensor
+            keep = _GIVEN_AWAY if raw else out()
+            out = out if raw else keep
+            self.cache[name] = res = res[:part] + (keep,) + res[part + 1:]
         seen = self.taken.setdefault(name, set())
         seen.add(part)
         if len(seen) >= self.parts:
             self.cache.pop(name, None)
             self.taken.pop(name, None)
             if not self.cache and not self.futures and self.pos[name] == len(self.order) - 1:
-                self.close()
-        return res[part]
+                self._closing = True
+                if not raw:
+                    self.close()
+        return out
 
-    def thunk(self, name: str, part: int) -> Callable[[], torch.Tensor]:
-        return lambda: self.take(name, part)
+    def thunk(self, name: str, part: int) -> "PrefetchThunk":
+        return PrefetchThunk(self, name, part)
+
+    def take_raw(self, name: str, part: int) -> RawRange | None:
+        """Part `part` as the worker's spill file (the writer copies it in the kernel), or None
+        when it came through the pipe. The caller calls `.done()` on it, which deletes the file."""
+        with self._lock:
+            res = self._result(name)
+            if not isinstance(res[part], _Spilled):
+                return None
+            spilled = self._take(name, part, raw=True)
+            return RawRange(spilled.path, 0, TensorInfo(spilled.shape, spilled.dtype),
+                            lambda: self._release(spilled))
+
+    def _release(self, spilled: "_Spilled") -> None:
+        spilled.discard()
+        if self._closing:       # the last result was taken as a file: stop the pool once it is copied
+            self.close()
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -211,6 +247,7 @@ class Prefetch:
 
     # -- internals ----------------------------------------------------------
     def _result(self, name: str) -> tuple:
+        """The job's result; spilled parts stay files (taken as tensors or as raw ranges)."""
         if name in self.cache:
             self.cache.move_to_end(name)
             return self.cache[name]
@@ -222,8 +259,11 @@ class Prefetch:
         self.cache[name] = res
         # Bound memory even when a reader never takes every part (it is recomputed if asked again).
         while len(self.cache) > self.ahead + 2:
-            old, _ = self.cache.popitem(last=False)
+            old, dropped = self.cache.popitem(last=False)
             self.taken.pop(old, None)
+            for x in dropped:
+                if isinstance(x, _Spilled):
+                    x.discard()
         return res
 
     def _fill(self, name: str) -> None:
@@ -258,7 +298,22 @@ class Prefetch:
         if msg[0] == "error":
             _, cls, message, path, tensor, fix = msg
             raise cls(message, path=path, tensor=tensor, fix=fix)
-        return tuple(x() if isinstance(x, (_Packed, _Spilled)) else x for x in msg[1])
+        return tuple(x() if isinstance(x, _Packed) else x for x in msg[1])
+
+
+@dataclass(frozen=True)
+class PrefetchThunk:
+    """Thunk for one part of a job's result; a spilled part can also be taken as a file range."""
+
+    pre: Prefetch
+    name: str
+    part: int
+
+    def __call__(self) -> torch.Tensor:
+        return self.pre.take(self.name, self.part)
+
+    def raw_range(self) -> RawRange | None:
+        return self.pre.take_raw(self.name, self.part)
 
 
 def _shutdown(pool: ProcessPoolExecutor, futures: dict, spill: str | None) -> None:
