@@ -182,6 +182,7 @@ def verify(a: str | Path, b: str | Path | None = None, *, tokens: list[int] | No
     rep = VerifyReport(str(a), str(b) if b is not None else None, ids.tolist())
     if b is None:
         rep.summary = _summary(ra, layers)
+        rep.passed = rep.summary["finite"]   # NaN/Inf logits: the checkpoint is broken, exit 1 in CI
         return rep
     sb = _open(b)
     _check_compatible(sa, sb)

@@ -112,6 +112,15 @@ def test_single_checkpoint_summary(tiny, cli):
     assert rep["summary"]["shape"] == [1, 3, 320] and rep["summary"]["finite"]
 
 
+def test_single_checkpoint_with_nonfinite_logits_fails(tmp_path, cli):
+    def poison(s):
+        s["model.norm.weight"] = s["model.norm.weight"].clone()
+        s["model.norm.weight"][0] = float("nan")
+    bad = write_variant(tmp_path / "nan", "ling-lite", poison)
+    code, out, _ = cli("verify", bad, "--tokens", "1,2,3")
+    assert code == 1 and "NaN or Inf" in out
+
+
 def test_tol_override(tiny, tmp_path, cli):
     bad = write_variant(tmp_path / "bad", "ling-lite", _perturb_one)
     code, out, _ = cli("verify", tiny("ling-lite", "safetensors"), bad, "--json", "--tol", "kl=1e-2,top1=0.5")

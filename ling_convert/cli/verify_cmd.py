@@ -69,6 +69,8 @@ def _render(rep) -> None:
         for k, v in rep.summary.items():
             t.add_row(k, str(v))
         out.print(t)
+        if not rep.passed:
+            out.print("FAIL: the logits hold NaN or Inf values (a damaged or mis-converted weight)")
         return
     t = Table("metric", "value", title=f"{rep.compared}: {rep.a} vs {rep.b} ({rep.edge_class})")
     for k in ("max_abs", "mean_abs", "kl_last", "kl_mean", "top1", "cosine", "exact"):
