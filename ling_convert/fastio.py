@@ -12,7 +12,6 @@ works while the next tensor is being read instead of all at once in the final fs
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -110,8 +109,8 @@ def hash_range(h, fd: int, offset: int, n: int, buf: bytearray) -> None:
 def _sync_file_range():
     if not hasattr(os, "posix_fadvise"):  # not Linux-like: nothing to call
         return None
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+    try:  # NOTE: not ctypes.util.find_library, which runs ldconfig/gcc (100 ms at every start)
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
