@@ -9,7 +9,7 @@ import typer
 
 from ..converters.gguf import from_gguf_file, to_gguf_file
 from . import app
-from .common import ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, SrcArg, byte_progress, emit_json, human_bytes, out
+from .common import ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress, emit_json, human_bytes, out
 
 OuttypeOpt = Annotated[str, typer.Option(
     "--outtype", help="auto (the source dtype), f32, f16, bf16, q8_0 or q4_0. Norms, router and biases stay F32; "
@@ -53,9 +53,9 @@ def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_si
 @app.command("from-gguf")
 def from_gguf(src: GgufSrcArg, dst: OutArg, dtype: DtypeOpt = "keep", tokenizer_dir: TokDirOpt = None,
               llama_defaults: LlamaDefaultsOpt = False, max_shard_size: MaxShardOpt = "5GB",
-              force: ForceOpt = False, as_json: JsonOpt = False):
+              force: ForceOpt = False, resume: ResumeOpt = False, as_json: JsonOpt = False):
     """llama.cpp GGUF -> HF safetensors: dequantised, experts unstacked, Q/K un-permuted."""
     with byte_progress("from-gguf", quiet=as_json) as prog:
         r = from_gguf_file(src, dst, dtype=dtype, tokenizer_dir=tokenizer_dir, llama_defaults=llama_defaults,
-                           max_shard_size=max_shard_size, force=force, progress=prog)
+                           max_shard_size=max_shard_size, force=force, resume=resume, progress=prog)
     _render(r, as_json)

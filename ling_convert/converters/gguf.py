@@ -243,15 +243,15 @@ def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", spl
 
 def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,
                    llama_defaults: bool = False, max_shard_size: str | int = "5GB", force: bool = False,
-                   progress: Callable[[int], None] | None = None):
+                   resume: bool = False, progress: Callable[[int], None] | None = None):
     """GGUF -> HF safetensors directory (dequantised, experts unstacked, Q/K un-permuted)."""
     from .. import api
     if dtype not in OUT_DTYPES:
         raise BadInputError(f"unknown --dtype {dtype!r}", fix=f"use one of: {', '.join(OUT_DTYPES)}")
     opts = {"dtype": dtype, "llama_defaults": llama_defaults,
             "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
-    return api.convert(src, out, to="safetensors", from_format="gguf", force=force, max_shard_size=max_shard_size,
-                       progress=progress, options={k: v for k, v in opts.items() if v is not None})
+    return api.convert(src, out, to="safetensors", from_format="gguf", force=force, resume=resume,
+                       max_shard_size=max_shard_size, progress=progress, options={k: v for k, v in opts.items() if v is not None})
 
 
 __all__ = ["from_gguf", "from_gguf_file", "group_names", "qkv_rows", "rules", "to_gguf", "to_gguf_file"]

@@ -7,6 +7,7 @@ Data is read per tensor with `pread`; the writer streams tensor by tensor.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -295,7 +296,16 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[int], None] | None = None) -> str:
-    """Write one shard tensor by tensor; returns its sha256 (hashed while writing).
+    """Write one shard, fsync it and put it in place; returns its sha256."""
+    return write_shard_unsynced(path, names, src, on_bytes)()
+
+
+def write_shard_unsynced(path: Path, names: list[str], src: Source,
+                         on_bytes: Callable[[int], None] | None = None) -> Callable[[], str]:
+    """Write one shard tensor by tensor (hashed while writing); -> `seal()`, which fsyncs
+    it, renames it into place and returns its sha256. Sealing in the background while
+    the next shard is written keeps the disk busy the whole run instead of idling the
+    reader at every shard end.
 
     A tensor whose bytes already lie in a file (`src.raw_range`: an untouched input
     tensor, a worker's spilled result) is copied by the kernel and hashed from the
@@ -303,7 +313,7 @@ def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[i
     hashed in a second thread. At most two tensors are held at once. Writeback
     starts every 64 MiB, so the final fsync has little left to wait for."""
     out = _ShardOut(path.with_name(path.name + ".tmp"))
-    with ThreadPoolExecutor(2) as pool, out:
+    with ThreadPoolExecutor(2) as pool, out.writing():
         out.put(header_bytes(src.infos, names), pool)
         nxt = _prefetch(pool, src, names, 0)
         for i, name in enumerate(names):
@@ -321,9 +331,7 @@ def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[i
                 del data
             if on_bytes:
                 on_bytes(src.infos[name].nbytes)
-        digest = out.finish()
-    os.replace(out.tmp, path)
-    return digest
+    return lambda: out.seal(path)
 
 
 def _prefetch(pool, src: Source, names: list[str], start: int):
@@ -343,13 +351,19 @@ class _ShardOut:
         self.tmp, self.h, self.pos, self.flushed = tmp, hashlib.sha256(), 0, 0
         self._hashing, self._buf = None, None
 
-    def __enter__(self):
+    @contextlib.contextmanager
+    def writing(self):
+        """Open for writing; on success the file stays open for `seal` (an fsync on a later
+        descriptor could miss a writeback error recorded before it was opened)."""
         self.f = open(self.tmp, "w+b", buffering=0)  # read back what the kernel copied, to hash it
-        return self
-
-    def __exit__(self, *exc):
-        self._wait()
-        self.f.close()
+        try:
+            yield self
+            self._wait()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._wait()
+            self.f.close()
+            raise
 
     def _wait(self):
         if self._hashing is not None:
@@ -381,9 +395,12 @@ class _ShardOut:
             fastio.start_writeback(self.f.fileno(), self.flushed, self.pos - self.flushed)
             self.flushed = self.pos
 
-    def finish(self) -> str:
-        self._wait()
-        os.fsync(self.f.fileno())
+    def seal(self, path: Path) -> str:
+        try:
+            os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
+        os.replace(self.tmp, path)
         return self.h.hexdigest()
 
 
@@ -399,13 +416,19 @@ def write_tensors(staged, src: Source, max_shard_size: int, progress=None) -> di
     The caller writes the index (`write_index`) after everything else."""
     plan = plan_shards(src.infos, max_shard_size)
     names = shard_names(len(plan))
-    for fname, tensors in zip(names, plan):
-        if staged.reusable(fname):
-            if progress:
-                progress(sum(src.infos[t].nbytes for t in tensors))
-            continue
-        sha = write_shard(staged.path(fname), tensors, src, progress)
-        staged.done(fname, sha)
+    with ThreadPoolExecutor(1) as sealer:
+        sealing = None      # (name, future sha) of the shard being fsynced while the next is written
+        for fname, tensors in zip(names, plan):
+            if staged.reusable(fname):
+                if progress:
+                    progress(sum(src.infos[t].nbytes for t in tensors))
+                continue
+            seal = write_shard_unsynced(staged.path(fname), tensors, src, progress)
+            if sealing:
+                staged.done(sealing[0], sealing[1].result())   # recorded only once on disk, in order
+            sealing = (fname, sealer.submit(seal))
+        if sealing:
+            staged.done(sealing[0], sealing[1].result())
     return dict(zip(names, plan))
 
 

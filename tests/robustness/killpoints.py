@@ -81,9 +81,7 @@ EDGES: dict[str, Edge] = {e.name: e for e in [
     Edge("to-mindie", _hf("ling-lite"), lambda s, o: ["to-mindie", "lite", s, o, *SHARD]),
     Edge("from-mindie", _converted("ling-lite", "mindie", "mindie", variant="lite"),
          lambda s, o: ["from-mindie", s, o, *SHARD]),
-    # from-gguf has no --resume flag; the same edge resumes through `convert`.
-    Edge("from-gguf", _gguf, lambda s, o: ["convert", s, o, "--to", "safetensors", *SHARD],
-         note="via `convert --to safetensors` (the from-gguf command has no --resume)"),
+    Edge("from-gguf", _gguf, lambda s, o: ["from-gguf", s, o, *SHARD]),
     Edge("st2dcp", _hf("ling-mini-2"), lambda s, o: ["st2dcp", s, o, *SHARD], rerun=(),
          note="no --resume (DCP writer is atomic only): rerun"),
     Edge("to-gguf", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o], rerun=(), out_name="m.gguf",

@@ -3,7 +3,8 @@
 Each run is the real CLI in its own process (forked from a pre-imported interpreter, see
 forkrun.py), so stderr is what a user sees: a traceback or a stray warning line would show.
 Pairs where a command legitimately does not fail are listed in NOT_READ with the reason;
-they are run too and must succeed cleanly, so the table cannot go stale.
+they are run too and must succeed cleanly, so the table cannot go stale. Pairs in FLAGGED
+are readable inputs a check must report (exit 1, the finding on stdout).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ NOT_READ: dict[tuple[str, str], str] = {
              "Megatron args carry the fields as given; no tensor shape depends on them"),
     **_pairs(("config: num_experts_per_tok",), ("to-gguf",),
              "written to GGUF as expert_used_count as given; no tensor shape depends on it"),
-    **_pairs(("bf16:",), ("inspect", "convert", "verify", "config validate", "to-gguf", "st2dcp", "to-mindie"),
+    **_pairs(("bf16:",), ("inspect", "convert", "config validate", "to-gguf", "st2dcp", "to-mindie"),
              "NaN/Inf are valid bf16 values: lossless edges copy them; only FP8 cannot represent them"),
     **_pairs(("dcp: code-running global in a .distcp", "dcp: .distcp", "dcp: storage entry past",
               "dcp: tensor dtype", "dcp: unmapped"), ("inspect",),
@@ -85,6 +86,18 @@ NOT_READ: dict[tuple[str, str], str] = {
              "the HF result needs only weights and config.json(.bak); from-mindie drops the rank table and "
              "service config (the writer owns them), so they are not its input"),
 }
+
+
+# Inputs that are readable but wrong in a way a check must report: exit 1 (verification
+# failed) with the finding on stdout, not a bad-input error.
+FLAGGED: dict[tuple[str, str], str] = {
+    ("bf16:", "verify"): "NaN or Inf",   # the non-finite weight reaches the logits
+}
+
+
+def flagged(case_name: str, cmd: str) -> str | None:
+    return next((needle for (prefix, c), needle in FLAGGED.items() if c == cmd and case_name.startswith(prefix)),
+                None)
 
 
 def not_read(case_name: str, cmd: str) -> str | None:
@@ -114,6 +127,11 @@ def test_malformed_input(case, tmp_path, zygote):
     for cmd in READERS[case.kind]:
         r = zygote.run(*COMMANDS[cmd](src, work / "out"), cwd=work)
         assert "Traceback" not in r.stderr + r.stdout, (cmd, r.stderr)
+        finding = flagged(case.name, cmd)
+        if finding:      # readable, and the check reports what is wrong with it: exit 1
+            assert r.rc == 1 and finding in r.stdout, (cmd, r.rc, r.stdout[-500:], r.stderr)
+            _clean(work, before)
+            continue
         why = not_read(case.name, cmd)
         if why:          # documented: this command does not read the broken part; it must still work
             assert r.rc == 0, (cmd, why, r.stderr)
