@@ -326,6 +326,30 @@ def test_split_files_load_from_the_first_shard(tiny, exported, tmp_path, cli):
     assert len(list(tmp_path.glob("s-*-of-*.gguf"))) < len(files)   # the old, longer set is gone
 
 
+def test_rerun_replaces_splits_a_killed_rename_left_only_when_identical(tiny, tmp_path, cli):
+    args = ("--outtype", "f32", "--split-max-size", "40K")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    assert cli("to-gguf", tiny("ling-mini-2"), ref / "s.gguf", *args)[0] == 0
+    files = sorted(ref.glob("s-*-of-*.gguf"))
+    # A run killed while renaming: later splits in place, the first (the one readers open) not yet.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for f in files[1:]:
+        (killed / f.name).write_bytes(f.read_bytes())
+    code, _, err = cli("to-gguf", tiny("ling-mini-2"), killed / "s.gguf", *args)
+    assert code == 0, err
+    assert all((killed / f.name).read_bytes() == f.read_bytes() for f in files)
+    # Someone else's file of the same name is never replaced without --force, and is left as it was.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / files[1].name).write_bytes(b"not ours")
+    code, _, err = cli("to-gguf", tiny("ling-mini-2"), other / "s.gguf", *args)
+    assert_one_line_error(code, err, "--force")
+    assert (other / files[1].name).read_bytes() == b"not ours"
+    assert sorted(p.name for p in other.iterdir()) == [files[1].name]
+
+
 def test_rows_not_fitting_the_block_fall_back_to_f16(tmp_path):
     src = write_tiny(tmp_path / "src", "ling-mini-2", moe_intermediate_size=48, moe_shared_expert_intermediate_size=48)
     to_gguf_file(src, tmp_path / "m.gguf", outtype="q8_0")

@@ -187,7 +187,7 @@ def write_gguf(src: Source, out: Path, opts) -> Path:
         writer.add_tensor_info(n, shape, np.dtype(np.float32), type_nbytes(shape, qt), raw_dtype=qt)
     names = [p.name for p in writer.format_shard_names(out)]
     old = _split_set(out)
-    if old and not opts.force:
+    if old and not opts.force and not _left_by_killed_commit(old, names):
         raise OutputExistsError(f"split GGUF output already exists ({len(old)} file(s) named "
                                 f"{out.stem}-*-of-*.gguf)", path=old[0],
                                 fix="choose a new output path or pass --force to replace them")
@@ -231,6 +231,13 @@ def check_names(src: Source, table) -> None:
 def _rules(table):
     from ..converters.gguf import rules
     return rules(table)
+
+
+def _left_by_killed_commit(old: list[Path], names: list[str]) -> bool:
+    """Later splits of the very set this run writes, without its first file: a run killed while
+    renaming its files into place (the first goes last). The commit replaces them only if they
+    hold the same bytes; anything else still needs --force."""
+    return len(names) > 1 and names[0] not in {p.name for p in old} and {p.name for p in old} <= set(names)
 
 
 def _split_set(out: Path) -> list[Path]:

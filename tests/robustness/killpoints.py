@@ -86,10 +86,11 @@ EDGES: dict[str, Edge] = {e.name: e for e in [
          note="no --resume (DCP writer is atomic only): rerun"),
     Edge("to-gguf", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o], rerun=(), out_name="m.gguf",
          note="single file, no --resume: rerun"),
-    # Split files are renamed one by one (the first last); orphans of a killed rename need --force.
+    # Split files are renamed one by one (the first last); a plain rerun replaces the splits a
+    # killed run had renamed in, because they hold the same bytes (anything else needs --force).
     Edge("to-gguf split", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o, "--split-max-size", "200KB"],
-         rerun=("--force",), out_name="m.gguf", entry="m-00001-of-00004.gguf",
-         note="4 split files, no --resume: rerun with --force"),
+         rerun=(), out_name="m.gguf", entry="m-00001-of-00004.gguf",
+         note="4 split files, no --resume: rerun"),
 ]}
 
 
