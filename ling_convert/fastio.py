@@ -33,15 +33,31 @@ def write_all(fd: int, data) -> None:
         view = view[n:]
 
 
-def _user_copy(src_fd: int, offset: int, n: int, dst_fd: int, buf: bytearray) -> None:
+def pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill `view` from `fd` at `offset`; -> bytes read (short only at end of file)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def _chunks(fd: int, offset: int, n: int, buf: bytearray):
+    """`n` bytes of `fd` from `offset`, read through `buf` a bufferful at a time."""
     done = 0
     while done < n:
         view = memoryview(buf)[:min(len(buf), n - done)]
-        got = os.preadv(src_fd, [view], offset + done)
-        if got == 0:
+        if pread_into(fd, view, offset + done) < len(view):
             raise EOFError
-        write_all(dst_fd, view[:got])
-        done += got
+        yield view
+        done += len(view)
+
+
+def _user_copy(src_fd: int, offset: int, n: int, dst_fd: int, buf: bytearray) -> None:
+    for view in _chunks(src_fd, offset, n, buf):
+        write_all(dst_fd, view)
 
 
 def copy_range(src_path, offset: int, n: int, dst_fd: int) -> None:
@@ -96,14 +112,11 @@ def _kernel_copies(src_fd: int, dst_fd: int):
 
 def hash_range(h, fd: int, offset: int, n: int, buf: bytearray) -> None:
     """Feed `n` bytes of `fd` at `offset` to hash `h` (reads what was just written: page cache)."""
-    done = 0
-    while done < n:
-        view = memoryview(buf)[:min(len(buf), n - done)]
-        got = os.preadv(fd, [view], offset + done)
-        if got == 0:
-            raise OSError(errno.EIO, "short read of a file being written")
-        h.update(view[:got])
-        done += got
+    try:
+        for view in _chunks(fd, offset, n, buf):
+            h.update(view)
+    except EOFError:
+        raise OSError(errno.EIO, "short read of a file being written") from None
 
 
 def _sync_file_range():

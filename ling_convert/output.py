@@ -206,23 +206,25 @@ class StagedOutput:
         side = self.out.with_name(self.out.name + "." + MANIFEST)
         write_json_atomic(self.staging / MANIFEST, manifest)
         dsts = {rel: self.out if len(inner) == 1 else self.out.parent / rel for rel in inner}
-        if not self.force:   # check every target before the first rename: all of the set goes in, or none
-            for rel, dst in dsts.items():
-                if is_nonempty(dst) and not _same_file(dst, self.files[rel]):
-                    raise OutputExistsError("exists and holds other bytes than this run wrote", path=dst,
-                                            fix="pass --force to replace it, or choose a new output path")
+        # Every target is checked before the first rename (all of the set goes in, or none). One that
+        # already holds exactly these bytes (a split a killed run renamed in before its first file)
+        # may be replaced; any other existing file needs --force.
+        same = {rel for rel, dst in dsts.items() if not self.force and is_nonempty(dst)
+                and _same_file(dst, self.files[rel])}
+        for rel in inner:
+            if not self.force and rel not in same and is_nonempty(dsts[rel]):
+                raise OutputExistsError("exists and holds other bytes than this run wrote", path=dsts[rel],
+                                        fix="pass --force to replace it, or choose a new output path")
         for rel in inner[1:] + inner[:1]:
-            self._swap_into_place(self.staging / rel, dsts[rel], same_as=self.files[rel])
+            self._swap_into_place(self.staging / rel, dsts[rel], guard=rel not in same)
         self._swap_into_place(self.staging / MANIFEST, side, guard=False)   # a stale sidecar is ours to replace
         shutil.rmtree(self.staging, ignore_errors=True)
         return self.out
 
-    def _swap_into_place(self, src: Path, dst: Path, *, guard: bool = True, same_as: str | None = None) -> None:
-        """Rename `src` to `dst`. An existing `dst` is replaced only with --force, or when it
-        holds exactly the bytes being put there (`same_as`: their sha256), e.g. the splits a
-        killed run had already renamed in before its first file."""
+    def _swap_into_place(self, src: Path, dst: Path, *, guard: bool = True) -> None:
+        """Rename `src` to `dst`; unless `guard` is off, an existing `dst` is replaced only with --force."""
         old = None
-        if guard and not self.force and is_nonempty(dst) and not (same_as and _same_file(dst, same_as)):
+        if guard and not self.force and is_nonempty(dst):
             # NOTE: another run committed OUT after our emptiness check in __enter__; never replace it.
             raise OutputExistsError("output appeared while this run was writing", path=dst,
                                     fix="another run wrote it; choose a new output path or pass --force")

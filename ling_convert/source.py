@@ -56,6 +56,16 @@ class TensorInfo:
         return cls(tuple(t.shape), t.dtype)
 
 
+def is_contiguous(shape, stride) -> bool:
+    """Row-major with no gaps (size-1 dims may carry any stride, as torch allows)."""
+    want = 1
+    for d, s in zip(reversed(shape), reversed(stride)):
+        if d != 1 and s != want:
+            return False
+        want *= d
+    return True
+
+
 @dataclass(frozen=True)
 class RawRange:
     """Where a tensor's bytes lie in a file exactly as a safetensors writer would put them

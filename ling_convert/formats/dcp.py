@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from .. import fastio
 from ..errors import BadInputError, ConfigSchemaError, CorruptFileError, MissingShardError, UnsupportedError
-from ..source import Source, TensorInfo, contained, dtype_size
+from ..source import Source, TensorInfo, contained, dtype_size, is_contiguous
 from . import Format, aux_files, read_config, register
 from .dcp_pickle import TensorRef, load_common, load_metadata, parse_tensor_pickle
 
@@ -186,29 +187,17 @@ def _blob_at(chunk: Chunk, fqn: str, mtime_ns: int, ino: int) -> _Blob:
     return _Blob(ref, start, info.file_size)
 
 
-def _contiguous(shape, stride) -> bool:
-    want = 1
-    for d, s in zip(reversed(shape), reversed(stride)):
-        if d != 1 and s != want:
-            return False
-        want *= d
-    return True
-
-
 def _pread_tensor(file: Path, start: int, out: torch.Tensor) -> None:
     """Fill contiguous `out` with the bytes at `start` of `file`."""
     view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
     fd = os.open(file, os.O_RDONLY)
     try:
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], start + done)
-            if n == 0:
-                raise CorruptFileError(f"file ends {len(view) - done} bytes early", path=file,
-                                       fix="the .distcp file is truncated; " + _RECREATE)
-            done += n
+        done = fastio.pread_into(fd, view, start)
     finally:
         os.close(fd)
+    if done < len(view):
+        raise CorruptFileError(f"file ends {len(view) - done} bytes early", path=file,
+                               fix="the .distcp file is truncated; " + _RECREATE)
 
 
 # -- the reader ------------------------------------------------------------------------
@@ -262,7 +251,7 @@ class DcpReader:
                                    path=c.file, tensor=t.fqn, fix=_RECREATE)
         inner = c.sizes[k:]
         dst = out[tuple(slice(o, o + s) for o, s in zip(c.offsets[k:], inner))]
-        if not _contiguous(b.ref.shape, b.ref.stride):
+        if not is_contiguous(b.ref.shape, b.ref.stride):
             src = self._whole_storage(b, c, t.dtype)
             dst.copy_(src.as_strided(b.ref.shape, b.ref.stride, b.ref.storage_offset)[local])
             return dst.numel()

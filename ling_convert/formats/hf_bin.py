@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInputError, CorruptFileError, UnsafePickleError
-from ..source import RawRange, Source, TensorInfo
+from ..source import RawRange, Source, TensorInfo, is_contiguous
 from . import Format, aux_files, read_config, register
 from .safetensors import pread_flat, shard_files
 
@@ -112,14 +112,6 @@ def _read(loc: _Loc) -> torch.Tensor:
     return flat.as_strided(loc.shape, loc.stride).contiguous()
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
-
-
 @dataclass(frozen=True)
 class BinSlice:
     """Thunk for one tensor of a .bin; exposes its byte range when the storage is laid
@@ -132,7 +124,7 @@ class BinSlice:
 
     def raw_range(self) -> RawRange | None:
         loc, info = self.loc, TensorInfo(self.loc.shape, self.loc.dtype)
-        if loc.nbytes == 0 or loc.nbytes != info.nbytes or loc.stride != _contiguous_strides(loc.shape):
+        if loc.nbytes == 0 or loc.nbytes != info.nbytes or not is_contiguous(loc.shape, loc.stride):
             return None
         return RawRange(loc.file, loc.offset, info)
 

@@ -117,21 +117,11 @@ def pread_flat(path: Path, offset: int, nbytes: int, dtype: torch.dtype) -> torc
         return torch.empty(0, dtype=dtype)
     buf = torch.empty(nbytes, dtype=torch.uint8)  # uninitialised: pread fills every byte
     with open(path, "rb", buffering=0) as f:
-        got = _pread_into(f, buf.numpy(), offset)
+        got = fastio.pread_into(f.fileno(), memoryview(buf.numpy()), offset)
     if got != nbytes:
         raise CorruptFileError(f"expected {nbytes} bytes at offset {offset}, read {got}", path=path,
                                fix="the file is truncated; re-download it")
     return buf.view(dtype)
-
-
-def _pread_into(f, buf, offset: int) -> int:
-    view, done = memoryview(buf).cast("B"), 0
-    while done < len(view):
-        chunk = os.preadv(f.fileno(), [view[done:]], offset + done)
-        if chunk == 0:
-            break
-        done += chunk
-    return done
 
 
 # -- reader -------------------------------------------------------------------

@@ -50,7 +50,10 @@ def _typed(f: Path, fn):
         return None
 
 
-def _exercise(f: Path) -> None:
+def _exercise(tmp_path: Path, raw: bytes) -> None:
+    """Write `raw` as a GGUF and run every reader over it."""
+    f = tmp_path / "x.gguf"
+    f.write_bytes(raw)
     src = _typed(f, lambda: open_gguf(f))
     if src is not None:        # whatever parses must read within the file's bounds, or say why not
         for name in src.keys():
@@ -83,9 +86,7 @@ def test_structured_field_overwrites(tmp_path, valid, data):
         fmt = FIELDS[key]
         value = data.draw(WIDE) % (2 ** (8 * struct.calcsize(fmt)))
         struct.pack_into(fmt, buf, at, value)
-    f = tmp_path / "x.gguf"
-    f.write_bytes(bytes(buf))
-    _exercise(f)
+    _exercise(tmp_path, bytes(buf))
 
 
 @SETTINGS
@@ -96,9 +97,7 @@ def test_random_header_bytes(tmp_path, valid, data):
     for _ in range(data.draw(st.integers(1, 8))):
         at = data.draw(st.integers(0, lay["data_at"] - 1))
         buf[at] = data.draw(st.integers(0, 255))
-    f = tmp_path / "x.gguf"
-    f.write_bytes(bytes(buf))
-    _exercise(f)
+    _exercise(tmp_path, bytes(buf))
 
 
 @SETTINGS
@@ -106,9 +105,7 @@ def test_random_header_bytes(tmp_path, valid, data):
 def test_truncated(tmp_path, valid, data):
     raw, lay = valid
     cut = data.draw(st.one_of(st.integers(0, lay["data_at"] + 64), st.integers(0, len(raw) - 1)))
-    f = tmp_path / "x.gguf"
-    f.write_bytes(raw[:cut])
-    _exercise(f)
+    _exercise(tmp_path, raw[:cut])
 
 
 def test_valid_file_parses(tmp_path, valid):
