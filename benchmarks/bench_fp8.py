@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import cp_baseline, dir_bytes, ling, print_table, synthetic_config, warm, write_synthetic
+from common import cp_baseline, dir_bytes, ling, print_table, settle, synthetic_config, write_synthetic
 
 # Like common.run_measured, plus CPU seconds (user + sys of the command and the workers it waited for):
 # on a shared machine CPU time shows the work done, wall time also shows what others took.
@@ -91,11 +91,14 @@ def same_fp8_bytes(a: Path, b: Path) -> bool:
         torch.equal(sa.load(n).view(torch.uint8), sb.load(n).view(torch.uint8)) for n in names)
 
 
-def best_of(repeat: int, cmd: list[str], out: Path) -> dict:
-    """Fastest of `repeat` runs (the machine may be shared); RSS of that run."""
+def best_of(repeat: int, cmd: list[str], out: Path, src: Path) -> dict:
+    """Fastest of `repeat` runs (the machine may be shared); RSS of that run. Each run starts
+    settled: no dirty pages of an earlier run (naive leaves its output unsynced) still being
+    written back, the source in the page cache."""
     runs = []
     for i in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
+        settle(src)
         runs.append(run_measured(cmd))
         if i + 1 < repeat:
             shutil.rmtree(out)
@@ -105,11 +108,10 @@ def best_of(repeat: int, cmd: list[str], out: Path) -> dict:
 def bench(size_gb: float, work: Path, workers: int, repeat: int) -> dict:
     src = write_synthetic(work / f"st-{size_gb}", synthetic_config(size_gb), "safetensors")
     nbytes = dir_bytes(src)
-    warm(src)
     base = min((cp_baseline(src, work / "cp-out") for _ in range(repeat)), key=lambda r: r["cp"])
     ours_out, naive_out = work / "fp8-ours", work / "fp8-naive"
-    ours = best_of(repeat, ling("quantize", str(src), str(ours_out), "--workers", str(workers)), ours_out)
-    naive = best_of(repeat, [sys.executable, __file__, "--naive", str(src), str(naive_out)], naive_out)
+    ours = best_of(repeat, ling("quantize", str(src), str(ours_out), "--workers", str(workers)), ours_out, src)
+    naive = best_of(repeat, [sys.executable, __file__, "--naive", str(src), str(naive_out)], naive_out, src)
     same = same_fp8_bytes(ours_out, naive_out)
     for d in (ours_out, naive_out, src):
         shutil.rmtree(d)

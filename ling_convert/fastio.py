@@ -20,6 +20,7 @@ from .errors import CorruptFileError
 CHUNK = 1 << 26            # bytes per copy_file_range call
 BUF = 1 << 24              # scratch buffer for hashing and the fallback copy
 WRITEBACK_EVERY = 1 << 26  # start writeback after this many new bytes
+SMALL = 1 << 20            # below this, hash a copy of the bytes rather than reading them back
 
 # errors that mean "the kernel cannot do this copy here", not "the copy failed"
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
@@ -31,6 +32,13 @@ def write_all(fd: int, data) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def pread_into(fd: int, view: memoryview, offset: int) -> int:

@@ -298,18 +298,19 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
     reader at every shard end.
 
     A tensor whose bytes already lie in a file (`src.raw_range`: an untouched input
-    tensor, a worker's spilled result) is copied by the kernel and hashed from the
-    page cache; any other is read (the next one while this one is written) and
-    hashed in a second thread. At most two tensors are held at once. Writeback
-    starts every 64 MiB, so the final fsync has little left to wait for."""
+    tensor, a worker's spilled result) is copied by the kernel; any other is read
+    (the next one while this one is written) and written. Either way a background
+    thread hashes it from the page cache (_ShardOut). At most two tensors are held
+    at once. Writeback starts every 64 MiB, so the final fsync has little left to
+    wait for."""
     out = _ShardOut(path.with_name(path.name + ".tmp"))
-    with ThreadPoolExecutor(2) as pool, out.writing():
-        out.put(header_bytes(src.infos, names), pool)
+    with ThreadPoolExecutor(1) as pool, out.writing():
+        out.put(header_bytes(src.infos, names))
         nxt = _prefetch(pool, src, names, 0)
         for i, name in enumerate(names):
             rr = src.raw_range(name) if src.has_raw(name) else None
             if rr is not None:
-                out.copy(rr, pool)
+                out.copy(rr)
                 rr.done()
             else:
                 if nxt is not None and nxt.name == name:
@@ -317,7 +318,7 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
                     nxt = _prefetch(pool, src, names, i + 1)
                 else:   # offered a raw range, then declined it (e.g. a transposed view): read it now
                     data = tensor_bytes(src.load(name))
-                out.put(data, pool)
+                out.put(data)
                 del data
             if on_bytes:
                 on_bytes(src.infos[name].nbytes)
@@ -335,49 +336,62 @@ def _prefetch(pool, src: Source, names: list[str], start: int):
 
 
 class _ShardOut:
-    """The file being written, its running sha256 (one hash job in flight) and writeback."""
+    """The file being written, its sha256 and writeback.
+
+    The hash is fed in file order by one background thread that reads back what was
+    just written (page cache), so the writer never waits for it: copies and hashing
+    overlap across tensors, not just one tensor deep. Nothing is held for the hash
+    but the file itself; the hasher may lag at most HASH_LAG bytes behind."""
+
+    HASH_LAG = 1 << 30
 
     def __init__(self, tmp: Path):
         self.tmp, self.h, self.pos, self.flushed = tmp, hashlib.sha256(), 0, 0
-        self._hashing, self._buf = None, None
+        self._queued: list = []     # (future, end offset) of hash jobs not yet checked
+        self._buf = bytearray(fastio.BUF)
 
     @contextlib.contextmanager
     def writing(self):
         """Open for writing; on success the file stays open for `seal` (an fsync on a later
         descriptor could miss a writeback error recorded before it was opened)."""
-        self.f = open(self.tmp, "w+b", buffering=0)  # read back what the kernel copied, to hash it
+        self.f = open(self.tmp, "w+b", buffering=0)  # read back to hash what was written
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="ling-hash")   # one thread: file order
         try:
             yield self
-            self._wait()
+            self._wait(self.pos)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._wait()
+            self._hasher.shutdown(wait=True, cancel_futures=True)   # before the descriptor goes
             self.f.close()
             raise
+        self._hasher.shutdown(wait=True)
 
-    def _wait(self):
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
+    def _wait(self, upto: int) -> None:
+        """Block until the bytes before `upto` are hashed; re-raises a failed hash job."""
+        while self._queued and (self._queued[0][1] <= upto or self._queued[0][0].done()):
+            self._queued.pop(0)[0].result()
 
-    def _scratch(self) -> bytearray:
-        if self._buf is None:
-            self._buf = bytearray(fastio.BUF)
-        return self._buf
+    def _hash_next(self, start: int, n: int, small: bytes | None = None) -> None:
+        if small is not None:
+            fut = self._hasher.submit(self.h.update, small)
+        else:
+            fut = self._hasher.submit(fastio.hash_range, self.h, self.f.fileno(), start, n, self._buf)
+        self._queued.append((fut, start + n))
+        self._wait(start + n - self.HASH_LAG)
 
-    def put(self, data, pool) -> None:
-        self._wait()
-        self._hashing = pool.submit(self.h.update, data)
+    def put(self, data) -> None:
+        start, n = self.pos, len(memoryview(data).cast("B"))
+        # Small buffers (headers, scales) are hashed from a copy; large ones read back later,
+        # so the caller may free `data` as soon as this returns.
+        small = bytes(memoryview(data).cast("B")) if n < fastio.SMALL else None
         fastio.write_all(self.f.fileno(), data)
-        self._advance(len(data))
-        self._wait()  # `data` may be freed by the caller once this returns
-
-    def copy(self, rr: RawRange, pool) -> None:
-        start, n = self.pos, rr.info.nbytes
-        fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())  # overlaps the previous hash job
         self._advance(n)
-        self._wait()
-        self._hashing = pool.submit(fastio.hash_range, self.h, self.f.fileno(), start, n, self._scratch())
+        self._hash_next(start, n, small)
+
+    def copy(self, rr: RawRange) -> None:
+        start, n = self.pos, rr.info.nbytes
+        fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
+        self._advance(n)
+        self._hash_next(start, n)
 
     def _advance(self, n: int) -> None:
         self.pos += n
