@@ -7,6 +7,8 @@ Measured in one run, each command in a child process (wall time, peak RSS via wa
   cp     `cp -r` of the same bf16 bytes, plain and with the copies synced (we fsync what we write)
 Ratios are throughputs: x_naive = naive_s / ours_s (goal >= 2), x_cp = cp_s / ours_s (goal >= 0.5);
 x_naive_work leaves out startup_s (interpreter + torch import, paid once by both).
+x_naive_sync compares with the naive recipe plus an fsync of what it wrote (ours fsyncs every file;
+the goal is stated against plain naive, this column only shows what durability costs).
 It also checks that ours and naive wrote the same FP8 bytes for every quantised weight.
 
     python benchmarks/bench_fp8.py --size-gb 0.5
@@ -80,6 +82,16 @@ def naive_quantize(src: Path, out: Path) -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
+def fsync_all(out: Path) -> None:
+    import os
+    for f in sorted(out.iterdir()):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 # -- measurement ---------------------------------------------------------------------------
 
 def same_fp8_bytes(a: Path, b: Path) -> bool:
@@ -112,6 +124,7 @@ def bench(size_gb: float, work: Path, workers: int, repeat: int) -> dict:
     ours_out, naive_out = work / "fp8-ours", work / "fp8-naive"
     ours = best_of(repeat, ling("quantize", str(src), str(ours_out), "--workers", str(workers)), ours_out, src)
     naive = best_of(repeat, [sys.executable, __file__, "--naive", str(src), str(naive_out)], naive_out, src)
+    naive_sync = best_of(repeat, [sys.executable, __file__, "--naive-sync", str(src), str(naive_out)], naive_out, src)
     same = same_fp8_bytes(ours_out, naive_out)
     for d in (ours_out, naive_out, src):
         shutil.rmtree(d)
@@ -119,15 +132,18 @@ def bench(size_gb: float, work: Path, workers: int, repeat: int) -> dict:
     start = min(run_measured(ling("formats"))["wall"] for _ in range(repeat))
     return {"size_gb": nbytes / 1e9, "ours_s": ours["wall"], "naive_s": naive["wall"], "cp_s": base["cp"],
             "startup_s": start, "x_naive_work": (naive["wall"] - start) / max(ours["wall"] - start, 1e-9),
-            "cp_sync_s": base["cp_sync"], "x_naive": naive["wall"] / ours["wall"], "x_cp": base["cp"] / ours["wall"],
+            "cp_sync_s": base["cp_sync"], "x_naive": naive["wall"] / ours["wall"],
+            "naive_sync_s": naive_sync["wall"], "x_naive_sync": naive_sync["wall"] / ours["wall"], "x_cp": base["cp"] / ours["wall"],
             "x_cp_sync": base["cp_sync"] / ours["wall"], "GB_per_s": nbytes / 1e9 / ours["wall"],
             "cpu_s": ours["cpu"], "naive_cpu_s": naive["cpu"], "rss_mb": ours["rss_mb"],
             "naive_rss_mb": naive["rss_mb"], "same_bytes": same}
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--naive":
+    if len(sys.argv) == 4 and sys.argv[1] in ("--naive", "--naive-sync"):
         naive_quantize(Path(sys.argv[2]), Path(sys.argv[3]))
+        if sys.argv[1] == "--naive-sync":
+            fsync_all(Path(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gb", type=float, default=2.0, help="bf16 size of the smaller model (x)")
@@ -141,7 +157,8 @@ def main() -> None:
     a.workdir.mkdir(exist_ok=True)
     rows = [bench(s, a.workdir, workers, a.repeat) for s in (a.size_gb, a.size_gb * a.scale)]
     print_table(f"quantize bf16 -> fp8-block ({workers} workers, {torch.get_num_threads()} torch threads naive)", rows,
-                ["size_gb", "ours_s", "naive_s", "cp_s", "cp_sync_s", "startup_s", "x_naive", "x_naive_work", "x_cp", "x_cp_sync", "GB_per_s",
+                ["size_gb", "ours_s", "naive_s", "naive_sync_s", "cp_s", "cp_sync_s", "startup_s", "x_naive", "x_naive_work",
+                 "x_naive_sync", "x_cp", "x_cp_sync", "GB_per_s",
                  "cpu_s", "naive_cpu_s", "rss_mb", "naive_rss_mb", "same_bytes"])
     print(f"\npeak RSS growth for {a.scale}x the model: ours {rows[1]['rss_mb'] / rows[0]['rss_mb']:.2f}x, "
           f"naive {rows[1]['naive_rss_mb'] / rows[0]['naive_rss_mb']:.2f}x")

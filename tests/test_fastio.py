@@ -79,3 +79,45 @@ def test_copy_range_refuses_a_truncated_source(tmp_path):
     with open(tmp_path / "d", "wb") as d:
         with pytest.raises(CorruptFileError, match="ends first"):
             fastio.copy_range(src, 50, 80, d.fileno())
+
+
+def _copied(src, n: int, tmp_path) -> bytes:
+    with open(tmp_path / "dst", "w+b") as d:
+        fastio.copy_range(src, 0, n, d.fileno())
+        d.seek(0)
+        return d.read()
+
+
+def test_kept_open_sources_never_give_a_replaced_files_old_bytes(tmp_path):
+    """Source files stay open between copies (readahead); a path whose file was replaced must be
+    read from the new file, whether it was deleted and recreated or renamed over."""
+    src = tmp_path / "s"
+    src.write_bytes(b"a" * 64)
+    assert _copied(src, 64, tmp_path) == b"a" * 64
+    src.unlink()
+    src.write_bytes(b"b" * 64)                     # may even get the old inode number back
+    assert _copied(src, 64, tmp_path) == b"b" * 64
+    (tmp_path / "new").write_bytes(b"c" * 64)
+    (tmp_path / "new").replace(src)                 # renamed over: another inode
+    assert _copied(src, 64, tmp_path) == b"c" * 64
+    with open(src, "r+b") as f:                     # rewritten in place: the same file, new bytes
+        f.write(b"d" * 64)
+    assert _copied(src, 64, tmp_path) == b"d" * 64
+
+
+def test_at_most_a_few_sources_stay_open(tmp_path):
+    files = []
+    for i in range(3 * fastio._SourceFiles.KEEP):
+        f = tmp_path / f"s{i}"
+        f.write_bytes(bytes([i]) * 8)
+        files.append(f)
+        assert _copied(f, 8, tmp_path) == bytes([i]) * 8
+    assert len(fastio._sources.fds) <= fastio._SourceFiles.KEEP
+    fastio._sources.close_all()
+    assert not fastio._sources.fds
+
+
+def test_a_finished_shard_keeps_no_source_open(tiny, tmp_path):
+    """A caller may delete its source right after converting: no descriptor may pin the space."""
+    api.convert(tiny("ling-mini-2", "bin", 2), tmp_path / "out", to="safetensors")
+    assert not fastio._sources.fds

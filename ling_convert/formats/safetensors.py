@@ -363,6 +363,8 @@ class _ShardOut:
             self._hasher.shutdown(wait=True, cancel_futures=True)   # before the descriptor goes
             self.f.close()
             raise
+        finally:
+            fastio.release_sources()
         self._hasher.shutdown(wait=True)
 
     def _wait(self, upto: int) -> None:

@@ -252,7 +252,8 @@ class Prefetch:
 
     def take_raw(self, name: str, part: int) -> RawRange | None:
         """Part `part` as the worker's spill file (the writer copies it in the kernel), or None
-        when it came through the pipe. The caller calls `.done()` on it, which deletes the file."""
+        when it came through the pipe. The caller calls `.done()` once it has copied it, which frees the
+        slot file for a later result."""
         with self._lock:
             res = self._result(name)
             if not isinstance(res[part], _Spilled):
