@@ -23,7 +23,6 @@ from .errors import CorruptFileError
 CHUNK = 1 << 26            # bytes per copy_file_range call
 BUF = 1 << 24              # scratch buffer for hashing and the fallback copy
 WRITEBACK_EVERY = 1 << 26  # start writeback after this many new bytes
-SMALL = 1 << 20            # below this, hash a copy of the bytes rather than reading them back
 
 # errors that mean "the kernel cannot do this copy here", not "the copy failed"
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
@@ -75,7 +74,7 @@ class _SourceFiles:
     """Source files kept open across copies (the few used last). The kernel's readahead state
     lives in the open file: opening the file again for every tensor restarts readahead small,
     and the copy waits on the disk between tensors (bin2st 24 GB from a cold cache: 85 s
-    reopening per tensor, 71 s kept open). A cached descriptor is used only while the path
+    reopening per tensor, 74.5 s kept open). A cached descriptor is used only while the path
     still names the same, still linked file; one in use by a copy is never closed."""
 
     KEEP = 8
@@ -140,8 +139,16 @@ def release_sources() -> None:
     """Close the kept-open source files (a writer calls it when its file is done, so a caller that
     deletes its source afterwards gets the space back at once)."""
     _sources.close_all()
-if hasattr(os, "register_at_fork"):    # a child starts with its own (empty) cache and an unheld lock
-    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_sources", _SourceFiles()))
+
+
+def _fresh_sources_after_fork() -> None:
+    # The child must not share the parent's lock (it may have been held at the fork) or its cache.
+    global _sources
+    _sources = _SourceFiles()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_sources_after_fork)
 
 
 def copy_range(src_path, offset: int, n: int, dst_fd: int) -> None:

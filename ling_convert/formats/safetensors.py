@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,10 +345,11 @@ class _ShardOut:
     but the file itself; the hasher may lag at most HASH_LAG bytes behind."""
 
     HASH_LAG = 1 << 30
+    SMALL = 1 << 20     # below this, hash a copy of the bytes rather than reading them back
 
     def __init__(self, tmp: Path):
         self.tmp, self.h, self.pos, self.flushed = tmp, hashlib.sha256(), 0, 0
-        self._queued: list = []     # (future, end offset) of hash jobs not yet checked
+        self._queued: deque = deque()     # (future, end offset) of hash jobs not yet checked
         self._buf = bytearray(fastio.BUF)
 
     @contextlib.contextmanager
@@ -370,7 +372,7 @@ class _ShardOut:
     def _wait(self, upto: int) -> None:
         """Block until the bytes before `upto` are hashed; re-raises a failed hash job."""
         while self._queued and (self._queued[0][1] <= upto or self._queued[0][0].done()):
-            self._queued.pop(0)[0].result()
+            self._queued.popleft()[0].result()
 
     def _hash_next(self, start: int, n: int, small: bytes | None = None) -> None:
         if small is not None:
@@ -384,7 +386,7 @@ class _ShardOut:
         start, n = self.pos, len(memoryview(data).cast("B"))
         # Small buffers (headers, scales) are hashed from a copy; large ones read back later,
         # so the caller may free `data` as soon as this returns.
-        small = bytes(memoryview(data).cast("B")) if n < fastio.SMALL else None
+        small = bytes(memoryview(data).cast("B")) if n < self.SMALL else None
         fastio.write_all(self.f.fileno(), data)
         self._advance(n)
         self._hash_next(start, n, small)

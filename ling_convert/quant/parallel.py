@@ -214,7 +214,7 @@ class Prefetch:
         self._pool: ProcessPoolExecutor | None = None
         self._spill: str | None = None
         self._slots: _Slots | None = None
-        self.leases: dict[str, list[str]] = {}     # job in flight -> its slot files
+        self._leases: dict[str, list[str]] = {}     # job in flight -> its slot files
         self._finalizer = None
         self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
         self._closing = False
@@ -283,7 +283,7 @@ class Prefetch:
             res = self.jobs[name].run()
         else:
             self._fill(name)
-            msg, slots = self.futures.pop(name).result(), self.leases.pop(name)
+            msg, slots = self.futures.pop(name).result(), self._leases.pop(name)
             if self._slots is not None:     # slots of parts that came through the pipe are free again
                 used = {x.path for x in (msg[1] if msg[0] == "ok" else ()) if isinstance(x, _Spilled)}
                 for path in slots:
@@ -319,7 +319,7 @@ class Prefetch:
         job = Job(job.fn, tuple(_portable(x) for x in job.inputs), job.kw)
         pool = self._executor()
         slots = [self._slots.get() for _ in range(self.parts)] if self._slots is not None else []
-        self.leases[name] = slots
+        self._leases[name] = slots
         self.futures[name] = pool.submit(_run_in_worker, job, slots)
 
     def _executor(self) -> ProcessPoolExecutor:
