@@ -80,8 +80,12 @@ class StagedOutput:
         self.force, self.resume, self.plan_id, self.single_file = force, resume, plan_id, single_file
         self.staging = self.out.parent / f".{self.out.name}.partial"
         self.files: dict[str, str] = {}      # relpath -> sha256, in write order
+        self.meta: dict[str, object] = {}    # relpath -> what a writer needs to reuse the file (e.g. offsets)
+        self.partial: dict[str, object] = {}  # relpath -> durable checkpoint of a file still being written
         self._lock_fd: int | None = None
         self._resumed: dict[str, str] = {}
+        self._resumed_meta: dict[str, object] = {}
+        self._resumed_partial: dict[str, object] = {}
         # Called with the staging dir when it is complete, just before the rename (e.g. file modes).
         self.before_swap: Callable[[Path], None] | None = None
 
@@ -147,22 +151,44 @@ class StagedOutput:
         if data.get("plan_id") != self.plan_id:
             return  # different inputs or options: nothing is reusable
         self._resumed = dict(data.get("files", {}))
+        self._resumed_meta = dict(data.get("meta", {}))
+        self._resumed_partial = dict(data.get("partial", {}))
 
     def reusable(self, rel: str) -> bool:
-        """True when a resumed run already has `rel` with the recorded hash."""
+        """True when a resumed run already has `rel` with the recorded hash (its `meta` comes along)."""
         want = self._resumed.get(rel)
         p = self.staging / rel
         if want and p.is_file() and sha256_file(p) == want:
             self.files[rel] = want
+            if rel in self._resumed_meta:
+                self.meta[rel] = self._resumed_meta[rel]
             return True
         return False
 
-    def done(self, rel: str, sha256: str | None = None) -> None:
-        """Record a finished file: fsync it and persist progress for --resume."""
+    def done(self, rel: str, sha256: str | None = None, meta=None) -> None:
+        """Record a finished file: fsync it and persist progress for --resume. `meta` (JSON) is kept
+        with it for a resumed run that reuses the file (e.g. where each tensor lies in it)."""
         p = self.staging / rel
         fsync_path(p)
         self.files[rel] = sha256 or sha256_file(p)
-        write_json_atomic(self.staging / PROGRESS, {"plan_id": self.plan_id, "files": self.files})
+        if meta is not None:
+            self.meta[rel] = meta
+        self.partial.pop(rel, None)
+        self._save_progress()
+
+    def checkpoint(self, rel: str, state) -> None:
+        """Record how far `rel` (still being written, already fsynced that far) got: a resumed run
+        reads it back with `resumed_partial` and continues from there instead of from the start."""
+        self.partial[rel] = state
+        self._save_progress()
+
+    def resumed_partial(self, rel: str):
+        """The last checkpoint a killed run recorded for `rel`, or None (not resuming, or none)."""
+        return self._resumed_partial.get(rel)
+
+    def _save_progress(self) -> None:
+        write_json_atomic(self.staging / PROGRESS, {"plan_id": self.plan_id, "files": self.files,
+                                                    "meta": self.meta, "partial": self.partial})
 
     def write_bytes(self, rel: str, data: bytes, mode: int | None = None) -> None:
         p = self.path(rel)

@@ -69,10 +69,10 @@ def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8
 @app.command()
 def st2dcp(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", padded_vocab_size: PadOpt = None,
            stack_layers: StackOpt = False, allow_unmapped: UnmappedOpt = False, force: ForceOpt = False,
-           dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+           resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """HF checkpoint -> Megatron torch_dist DCP (loadable by torch.distributed.checkpoint.load)."""
     with byte_progress("st2dcp", quiet=as_json or dry_run) as prog:
         r = hf_to_dcp(src, dst, max_shard_size=max_shard_size, padded_vocab_size=padded_vocab_size,
-                      stack_layers=stack_layers, allow_unmapped=allow_unmapped, force=force, dry_run=dry_run,
-                      progress=prog)
+                      stack_layers=stack_layers, allow_unmapped=allow_unmapped, force=force, resume=resume,
+                      dry_run=dry_run, progress=prog)
     _report(r, as_json)

@@ -41,12 +41,13 @@ def _render(r, as_json: bool) -> None:
 @app.command("to-gguf")
 def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_size: SplitOpt = None,
             no_mtp: NoMtpOpt = False, tokenizer_dir: TokDirOpt = None, from_format: FromOpt = None,
-            llama_defaults: LlamaDefaultsOpt = False, force: ForceOpt = False, as_json: JsonOpt = False):
+            llama_defaults: LlamaDefaultsOpt = False, force: ForceOpt = False, resume: ResumeOpt = False,
+            as_json: JsonOpt = False):
     """Ling checkpoint (any format, or a GGUF to re-quantise) -> llama.cpp GGUF (bailingmoe / bailingmoe2)."""
     with byte_progress("to-gguf", quiet=as_json) as prog:
         r = to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
                          tokenizer_dir=tokenizer_dir, from_format=from_format, llama_defaults=llama_defaults,
-                         force=force, progress=prog)
+                         force=force, resume=resume, progress=prog)
     _render(r, as_json)
 
 

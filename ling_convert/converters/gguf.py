@@ -227,7 +227,7 @@ def _check_expert_count(cfg: dict, n: int, where, name: str) -> None:
 
 def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
                  no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
-                 from_format: str | None = None, llama_defaults: bool = False,
+                 from_format: str | None = None, llama_defaults: bool = False, resume: bool = False,
                  progress: Callable[[int], None] | None = None):
     """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
     from .. import api
@@ -237,7 +237,7 @@ def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", spl
         refuse_if_unsupported(open_source(src, from_format).config, src)
     opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
             "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
-    return api.convert(src, out, to="gguf", from_format=from_format, force=force, progress=progress,
+    return api.convert(src, out, to="gguf", from_format=from_format, force=force, resume=resume, progress=progress,
                        options={k: v for k, v in opts.items() if v is not None})
 
 

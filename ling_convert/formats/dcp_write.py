@@ -166,16 +166,42 @@ def _verify(staged_dir: Path, src: Source) -> None:
                                 fix="this is a bug; report it with LING_CONVERT_DEBUG=1 output")
 
 
+def _reused(staged, fname: str, items: list[Item]) -> list[tuple[Item, int, int]] | None:
+    """A .distcp file a killed run finished (hash checked), with where its blobs lie; None: write it.
+
+    The blob offsets cannot be read back from the file cheaply, so the run that wrote it recorded them."""
+    if not staged.reusable(fname):
+        return None
+    spans = staged.meta.get(fname)
+    if not (isinstance(spans, list) and len(spans) == len(items)) or not _tiles(spans, staged.path(fname)):
+        return None
+    return [(it, int(off), int(ln)) for it, (off, ln) in zip(items, spans)]
+
+
+def _tiles(spans: list, path: Path) -> bool:
+    """The recorded blobs follow each other from offset 0 to the end of the file."""
+    end = 0
+    for span in spans:
+        if not (isinstance(span, list) and len(span) == 2 and span[0] == end and span[1] > 0):
+            return False
+        end += span[1]
+    return end == path.stat().st_size
+
+
 def write_dcp(src: Source, out: Path, opts) -> Path:
-    """Write `src` (Megatron names) as a Megatron torch_dist DCP dir; atomic (no --resume)."""
+    """Write `src` (Megatron names) as a Megatron torch_dist DCP dir; atomic, resumable per .distcp file."""
     from ..output import StagedOutput
     files = plan_files(plan_items(src), parse_size(opts.max_shard_size))
-    with StagedOutput(out, force=opts.force, resume=False, plan_id=plan_id(src, opts, "dcp")) as staged:
+    with StagedOutput(out, force=opts.force, resume=opts.resume, plan_id=plan_id(src, opts, "dcp")) as staged:
         placed = []
         for n, items in enumerate(files):
             fname = f"__0_{n}.distcp"
-            sha, got = write_file(staged.path(fname), items, opts.progress)
-            staged.done(fname, sha)
+            got = _reused(staged, fname, items)
+            if got is None:
+                sha, got = write_file(staged.path(fname), items, opts.progress)
+                staged.done(fname, sha, meta=[[off, ln] for _, off, ln in got])
+            elif opts.progress:
+                opts.progress(sum(it.nbytes for it in items))
             placed += [(fname, it, off, ln) for it, off, ln in got]
         staged.write_bytes(METADATA, pickle.dumps(build_metadata(src, placed)))
         staged.write_bytes(COMMON, common_pt(src))

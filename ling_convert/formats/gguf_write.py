@@ -32,6 +32,12 @@ from .gguf_meta import (add_tokenizer, add_values, copy_tokenizer, general_value
 from .safetensors import parse_size
 
 CHUNK_ELEMS = 1 << 24   # rows converted at once: bounds quantisation temporaries (~64 MB of float32)
+CHECKPOINT_BYTES = 1 << 30   # written between durable checkpoints a killed run can --resume from
+
+
+def checkpoint_bytes() -> int:
+    # NOTE: the variable only exists so tests can checkpoint tiny files; read per run, not at import.
+    return int(os.environ.get("LING_CONVERT_CHECKPOINT_BYTES") or CHECKPOINT_BYTES)
 
 
 # -- writer: types ----------------------------------------------------------------------------
@@ -116,19 +122,26 @@ def _ahead(items: Iterator):
             yield item
 
 
-def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict, progress) -> list[str]:
+def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict, progress,
+            staged: StagedOutput | None = None, prev: dict | None = None) -> list[str]:
     """Write every tensor's bytes after the header; returns each file's sha256.
 
-    Reading+encoding the next chunk, hashing this one and writing it overlap (all release the GIL)."""
-    align, shas = writer.data_alignment, []
+    Reading+encoding the next chunk, hashing this one and writing it overlap (all release the GIL).
+    With `prev` (--resume), tensors a killed run had durably written are copied from its file
+    instead of encoded again; every `checkpoint_bytes()` the file is fsynced and its length recorded."""
+    align, shas, prev, every = writer.data_alignment, [], prev or {}, checkpoint_bytes()
     with ThreadPoolExecutor(1) as hasher:
         for f, path, tensors in zip(writer.fout, files, writer.tensors):
             f.flush()
             with open(path, "rb") as head:   # header, KV and tensor infos: small, already on disk
-                h = hashlib.sha256(head.read(f.tell()))
+                header = head.read(f.tell())
+            h = hashlib.sha256(header)
             _pad(f, h, f.tell(), align)
-            chunks = ((n, d, c) for n in tensors for d, c in _chunks(src, n, plan[n][0]))
-            written = dict.fromkeys(tensors, 0)
+            old = _Previous.open(prev.get(path.name), header, f.tell())
+            chunks = ((n, d, c) for n in tensors
+                      for d, c in (old.chunks(tensors[n].nbytes, align, src.infos[n].nbytes)
+                                   or _chunks(src, n, plan[n][0])))
+            written, saved = dict.fromkeys(tensors, 0), f.tell()
             for name, data, consumed in _ahead(chunks):
                 job = hasher.submit(h.update, data)
                 f.write(data)
@@ -138,14 +151,107 @@ def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict,
                     progress(consumed)
                 if written[name] == tensors[name].nbytes:
                     _pad(f, h, written[name], align)
+                    if staged is not None and f.tell() - saved >= every and f.tell() >= old.end:
+                        saved = _checkpoint(staged, f, path, h, old)
             bad = next((n for n in tensors if written[n] != tensors[n].nbytes), None)
             if bad:
                 raise VerificationError(f"wrote {written[bad]} bytes, declared {tensors[bad].nbytes}", path=path,
                                         tensor=bad, fix="this is a bug in ling-convert; please report it")
-            f.flush()
-            os.fsync(f.fileno())
+            if staged is not None:      # a later split file may still be killed: keep this one
+                _checkpoint(staged, f, path, h, old)
+            else:
+                f.flush()
+                os.fsync(f.fileno())
             shas.append(h.hexdigest())
     return shas
+
+
+# -- writer: --resume ----------------------------------------------------------------------------
+# A checkpoint says: the first `end` bytes of `file` (in the staging dir) are durable, belong to this
+# plan and hash to `sha256`. A resumed run renames that file aside (`.prev`), writes the header
+# afresh, and copies whole tensors from the old file up to `end`; nothing is reused unless the
+# header is byte-identical and the prefix still has its hash. Until the new file passes `end`, the
+# checkpoint keeps naming the `.prev` file.
+
+def _checkpoint(staged: StagedOutput, f, path: Path, h, old: "_Previous") -> int:
+    f.flush()
+    os.fsync(f.fileno())
+    staged.checkpoint(path.name, {"file": path.name, "end": f.tell(), "sha256": h.hexdigest()})
+    old.drop()
+    return f.tell()
+
+
+def set_aside(staged: StagedOutput, names: list[str]) -> dict[str, tuple[Path, int, str]]:
+    """Files a killed run checkpointed: name -> (its data, renamed to NAME.prev; durable length; its sha256)."""
+    found = {}
+    for name in names:
+        cp = staged.resumed_partial(name)
+        if not (isinstance(cp, dict) and isinstance(cp.get("end"), int) and isinstance(cp.get("file"), str)
+                and isinstance(cp.get("sha256"), str)):
+            continue
+        data, aside = staged.staging / Path(cp["file"]).name, staged.staging / f"{name}.prev"
+        if not (data.is_file() and data.stat().st_size >= cp["end"]):
+            continue
+        if data != aside:     # record first: killed between the two, the checkpoint names a missing file
+            staged.checkpoint(name, {**cp, "file": aside.name})
+            os.replace(data, aside)
+        else:
+            staged.checkpoint(name, cp)
+        found[name] = (aside, cp["end"], cp["sha256"])
+    return found
+
+
+def _prefix_sha256(path: Path, n: int) -> str:
+    h, left = hashlib.sha256(), n
+    with open(path, "rb") as f:
+        while left and (chunk := f.read(min(left, 1 << 24))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+class _Previous:
+    """The set-aside file of a killed run, read tensor by tensor while the new file catches up."""
+
+    def __init__(self, path: Path | None = None, end: int = 0, pos: int = 0):
+        self.path, self.end, self.pos = path, end, pos
+
+    @classmethod
+    def open(cls, found: tuple[Path, int, str] | None, header: bytes, data_start: int) -> "_Previous":
+        if found is None:
+            return cls()
+        path, end, sha = found
+        with open(path, "rb") as old:
+            same = old.read(len(header)) == header      # same plan, tokenizer and metadata
+        if not same or end < data_start or _prefix_sha256(path, end) != sha:
+            path.unlink(missing_ok=True)
+            return cls()
+        return cls(path, end, data_start)
+
+    def chunks(self, nbytes: int, align: int, consumed: int):
+        """The next tensor's bytes from the old file when it lies wholly before `end`, else None (and
+        from then on: tensors are reused in order, only up to the first one that was not durable)."""
+        if self.path is None or self.pos + nbytes > self.end:
+            self.pos = self.end + 1         # nothing after the first miss is taken from the old file
+            return None
+        start, self.pos = self.pos, self.pos + nbytes + (-nbytes) % align
+        return self._read(start, nbytes, consumed)
+
+    def _read(self, start: int, nbytes: int, consumed: int):
+        step = CHUNK_ELEMS * 4
+        with open(self.path, "rb") as old:
+            for off in range(start, start + nbytes, step):
+                old.seek(off)
+                data = old.read(min(step, start + nbytes - off))
+                if not data:
+                    raise VerificationError("the set-aside file of the killed run ends early", path=self.path,
+                                            fix="run again without --resume")
+                yield memoryview(data), consumed if off == start else 0
+
+    def drop(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path, self.end = None, 0
 
 
 def _check_written(files: list[Path], plan: dict) -> None:
@@ -191,15 +297,20 @@ def write_gguf(src: Source, out: Path, opts) -> Path:
         raise OutputExistsError(f"split GGUF output already exists ({len(old)} file(s) named "
                                 f"{out.stem}-*-of-*.gguf)", path=old[0],
                                 fix="choose a new output path or pass --force to replace them")
-    with StagedOutput(out, force=opts.force, single_file=True) as staged:
+    from ..writer import plan_id
+    with StagedOutput(out, force=opts.force, single_file=True, resume=opts.resume,
+                      plan_id=plan_id(src, opts, "gguf")) as staged:
+        prev = set_aside(staged, names)
         try:
             writer.write_header_to_file(staged.path(out.name))
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             files = [staged.path(n) for n in names]
-            shas = _stream(writer, files, src, plan, opts.progress)
+            shas = _stream(writer, files, src, plan, opts.progress, staged, prev)
         finally:
             writer.close()
+            for path, _, _ in prev.values():
+                path.unlink(missing_ok=True)
         _check_written(files, plan)
         for n, sha in zip(names, shas):
             staged.done(n, sha)

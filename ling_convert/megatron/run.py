@@ -47,14 +47,14 @@ def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, wo
 
 def hf_to_dcp(src, out, *, max_shard_size="5GB", padded_vocab_size: int | None = None,
               stack_layers: bool = False, allow_unmapped: bool = False, force: bool = False,
-              dry_run: bool = False, progress=None) -> api.ConvertResult:
+              resume: bool = False, dry_run: bool = False, progress=None) -> api.ConvertResult:
     """HF checkpoint (safetensors or .bin) -> Megatron torch_dist DCP loadable by `dcp.load`."""
     options = {"padded_vocab_size": padded_vocab_size, "stack_layers": stack_layers,
                "allow_unmapped": allow_unmapped}
     options = {k: v for k, v in options.items() if v not in (None, False)}
     if dry_run:
         return _dcp_plan(src, max_shard_size, options)
-    return api.convert(Path(src), out, to="dcp", max_shard_size=max_shard_size, force=force,
+    return api.convert(Path(src), out, to="dcp", max_shard_size=max_shard_size, force=force, resume=resume,
                        options=options, progress=progress)
 
 

@@ -40,6 +40,7 @@ class Edge:
     out_name: str = "out"
     entry: str | None = None                         # the file readers open (split GGUF: the first)
     note: str = ""
+    env: dict = field(default_factory=dict)          # extra environment of every run
 
     @property
     def resume(self) -> bool:
@@ -72,6 +73,8 @@ def _gguf(root: Path) -> Path:
     return root / "m.gguf"
 
 
+_SMALL_CHECKPOINTS = {"LING_CONVERT_CHECKPOINT_BYTES": "65536"}   # tiny GGUF files: checkpoints inside them
+
 EDGES: dict[str, Edge] = {e.name: e for e in [
     Edge("bin2st", _hf("ling-mini-2", "bin"), lambda s, o: ["bin2st", s, o, *SHARD]),
     Edge("dcp2st", _dcp, lambda s, o: ["dcp2st", s, o, *SHARD]),
@@ -82,15 +85,13 @@ EDGES: dict[str, Edge] = {e.name: e for e in [
     Edge("from-mindie", _converted("ling-lite", "mindie", "mindie", variant="lite"),
          lambda s, o: ["from-mindie", s, o, *SHARD]),
     Edge("from-gguf", _gguf, lambda s, o: ["from-gguf", s, o, *SHARD]),
-    Edge("st2dcp", _hf("ling-mini-2"), lambda s, o: ["st2dcp", s, o, *SHARD], rerun=(),
-         note="no --resume (DCP writer is atomic only): rerun"),
-    Edge("to-gguf", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o], rerun=(), out_name="m.gguf",
-         note="single file, no --resume: rerun"),
-    # Split files are renamed one by one (the first last); a plain rerun replaces the splits a
+    Edge("st2dcp", _hf("ling-mini-2"), lambda s, o: ["st2dcp", s, o, *SHARD]),
+    Edge("to-gguf", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o], out_name="m.gguf",
+         note="single file: --resume continues from the last checkpoint (every 64 KB here)", env=_SMALL_CHECKPOINTS),
+    # Split files are renamed one by one (the first last); a rerun replaces the splits a
     # killed run had renamed in, because they hold the same bytes (anything else needs --force).
     Edge("to-gguf split", _hf("ling-mini-2"), lambda s, o: ["to-gguf", s, o, "--split-max-size", "200KB"],
-         rerun=(), out_name="m.gguf", entry="m-00001-of-00004.gguf",
-         note="4 split files, no --resume: rerun"),
+         out_name="m.gguf", entry="m-00001-of-00004.gguf", note="4 split files, --resume", env=_SMALL_CHECKPOINTS),
 ]}
 
 
@@ -139,7 +140,7 @@ def run_edge(zygote, edge: Edge, root: Path, trials: int, seed: int = 1234) -> E
     src = edge.source(work)
     out = work / edge.out_name
     rep = EdgeReport(edge.name)
-    ref = zygote.run(*edge.argv(src, out), count=True, cwd=work)
+    ref = zygote.run(*edge.argv(src, out), count=True, cwd=work, env=edge.env)
     if ref.rc != 0:
         rep.problems.append(f"uninterrupted run failed: {ref.stderr.strip()}")
         return rep
@@ -155,7 +156,7 @@ def run_edge(zygote, edge: Edge, root: Path, trials: int, seed: int = 1234) -> E
 
 def _trial(zygote, edge: Edge, src: Path, out: Path, work: Path, k: int, want: dict, rep: EdgeReport) -> None:
     staging = work / f".{edge.out_name}.partial"
-    pid = zygote.start(*edge.argv(src, out), kill_at=k, cwd=work)
+    pid = zygote.start(*edge.argv(src, out), kill_at=k, cwd=work, env=edge.env)
     r = zygote.wait(pid)
     if r.rc != -9 or (work / (edge.entry or edge.out_name)).exists():
         # Finished before the kill point, or killed after the output was renamed into place.
@@ -170,7 +171,7 @@ def _trial(zygote, edge: Edge, src: Path, out: Path, work: Path, k: int, want: d
     if edge.entry is None and any(p.name.startswith(edge.out_name) for p in work.iterdir()):
         rep.problems.append(f"k={k}: killed, yet something named like the output exists")
     recorded = _recorded(staging)
-    again = zygote.run(*edge.argv(src, out), *edge.rerun, cwd=work)
+    again = zygote.run(*edge.argv(src, out), *edge.rerun, cwd=work, env=edge.env)
     if again.rc != 0:
         rep.problems.append(f"k={k}: rerun failed: {again.stderr.strip()[:300]}")
         return
@@ -191,8 +192,10 @@ def _whole_without_sidecar(got: dict, want: dict) -> bool:
 
 
 def _recorded(staging: Path) -> int:
+    """Files the killed run finished, plus files it had checkpointed part of (GGUF)."""
     try:
-        return len(json.loads((staging / "progress.json").read_text())["files"])
+        prog = json.loads((staging / "progress.json").read_text())
+        return len(prog["files"]) + len(prog.get("partial") or {})
     except (OSError, ValueError, KeyError):
         return 0
 
