@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,10 +35,27 @@ def _numel(shape) -> int:
     return n
 
 
+def save_order(names) -> list[str]:
+    """Layer-major, as `save_pretrained` writes a model: embeddings, layer 0's tensors, layer 1's, ...,
+    final norm and lm_head; module order inside a layer. (tensor_shapes lists them kind by kind: all
+    layers' q/k/v, then all layers' experts, ... A checkpoint written in that order scatters every
+    layer over several shards, which no real checkpoint does.)"""
+    names = list(names)
+
+    def key(i: int) -> tuple[int, int]:
+        m = re.search(r"\.layers\.(\d+)\.", names[i])
+        if m:
+            return int(m.group(1)), i
+        return (-1 if "embed" in names[i] else 1 << 30), i
+    return [names[i] for i in sorted(range(len(names)), key=key)]
+
+
 def synthetic_tensors(cfg: dict, seed: int = 0):
-    """(name, tensor) one at a time; values random but cheap to make."""
+    """(name, tensor) one at a time, in `save_order`; values random but cheap to make."""
     g = torch.Generator().manual_seed(seed)
-    for name, shape in tensor_shapes(cfg).items():
+    shapes = tensor_shapes(cfg)
+    for name in save_order(shapes):
+        shape = shapes[name]
         dtype = torch.float32 if name.endswith("expert_bias") else torch.bfloat16
         yield name, (torch.rand(shape, generator=g, dtype=torch.float32) - 0.5).to(dtype)
 

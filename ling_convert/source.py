@@ -128,6 +128,12 @@ class Source:
         """Cheap: may `raw_range(name)` give a range? (It may block, e.g. on a worker's result.)"""
         return hasattr(self.thunks[name], "raw_range")
 
+    def location(self, name: str) -> tuple[str, int] | None:
+        """(file, offset) of the tensor's stored bytes when its thunk reads them from a file; no I/O.
+        Writers use it to read a shard's tensors in the order they lie on disk."""
+        fn = getattr(self.thunks[name], "location", None)
+        return fn() if fn is not None else None
+
     def raw_range(self, name: str) -> RawRange | None:
         """The tensor's stored bytes, when its thunk reads them unchanged; else None.
 

@@ -121,3 +121,25 @@ def test_a_finished_shard_keeps_no_source_open(tiny, tmp_path):
     """A caller may delete its source right after converting: no descriptor may pin the space."""
     api.convert(tiny("ling-mini-2", "bin", 2), tmp_path / "out", to="safetensors")
     assert not fastio._sources.fds
+
+
+def test_a_shard_reads_its_tensors_in_disk_order(tmp_path, monkeypatch):
+    """Names whose layer order is not file order (two .bin files, filled back to front) are copied
+    file by file, offset by offset; the shard still holds every tensor unchanged."""
+    d = tmp_path / "m"
+    d.mkdir()
+    sd = {f"model.layers.{i}.w": torch.full((64,), float(i)) for i in range(6)}
+    files = {"pytorch_model-00001.bin": [5, 3, 1], "pytorch_model-00002.bin": [4, 2, 0]}
+    for fname, layers in files.items():
+        torch.save({f"model.layers.{i}.w": sd[f"model.layers.{i}.w"] for i in layers}, d / fname)
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {f"model.layers.{i}.w": f for f, ls in files.items() for i in ls}}))
+    src = open_source(d, "bin")
+    copied = []
+    real = fastio.copy_range
+    monkeypatch.setattr(fastio, "copy_range", lambda p, off, n, fd: (copied.append((p.name, off)), real(p, off, n, fd)))
+    out = tmp_path / "out"
+    write_hf_dir(src, out, WriteOptions())
+    assert copied == sorted(copied) and len(copied) == 6
+    got = read_all_st(out)
+    assert all(torch.equal(got[k], v) for k, v in sd.items())

@@ -122,6 +122,9 @@ class BinSlice:
     def __call__(self) -> torch.Tensor:
         return _read(self.loc)
 
+    def location(self) -> tuple[str, int]:
+        return str(self.loc.file), self.loc.offset
+
     def raw_range(self) -> RawRange | None:
         loc, info = self.loc, TensorInfo(self.loc.shape, self.loc.dtype)
         if loc.nbytes == 0 or loc.nbytes != info.nbytes or not is_contiguous(loc.shape, loc.stride):

@@ -214,6 +214,9 @@ class FileSlice:
     def __call__(self) -> torch.Tensor:
         return read_tensor(self.file, self.entry)
 
+    def location(self) -> tuple[str, int]:
+        return str(self.file), self.entry.begin
+
     def raw_range(self) -> RawRange:
         return RawRange(self.file, self.entry.begin, self.entry.info)
 
@@ -304,6 +307,7 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
     thread hashes it from the page cache (_ShardOut). At most two tensors are held
     at once. Writeback starts every 64 MiB, so the final fsync has little left to
     wait for."""
+    names = disk_order(src, names)
     out = _ShardOut(path.with_name(path.name + ".tmp"))
     with ThreadPoolExecutor(1) as pool, out.writing():
         out.put(header_bytes(src.infos, names))
@@ -324,6 +328,17 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
             if on_bytes:
                 on_bytes(src.infos[name].nbytes)
     return lambda: out.seal(path)
+
+
+def disk_order(src: Source, names: list[str]) -> list[str]:
+    """One shard's tensors with those read from files put in the order their bytes lie there
+    (file, then offset); the others keep their places. Layer order need not be file order (names
+    sort `attention.dense` before `attention.query_key_value`; a checkpoint sharded by tensor kind
+    puts layer 0's experts in three files): read in that order, copies seek back and forth and
+    the kernel's sequential readahead keeps restarting."""
+    locs = [src.location(n) for n in names]
+    located = iter(sorted((loc, i) for i, loc in enumerate(locs) if loc is not None))
+    return [names[next(located)[1]] if loc is not None else n for n, loc in zip(names, locs)]
 
 
 def _prefetch(pool, src: Source, names: list[str], start: int):
