@@ -33,7 +33,7 @@ ST_NAMES: Mapping[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
 
 def dtype_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,14 @@ class Source:
         Writers use it to read a shard's tensors in the order they lie on disk."""
         fn = getattr(self.thunks[name], "location", None)
         return fn() if fn is not None else None
+
+    def place(self, name: str, path: Path, offset: int) -> None:
+        """Tell the tensor's thunk where the writer will put its bytes (`offset` in the open file `path`).
+        A thunk that computes in another process (quant/parallel.py) may write them there itself and then
+        offer that very range as its `raw_range`; any other thunk ignores it."""
+        fn = getattr(self.thunks[name], "place", None)
+        if fn is not None:
+            fn(path, offset, self.infos[name])
 
     def raw_range(self, name: str) -> RawRange | None:
         """The tensor's stored bytes, when its thunk reads them unchanged; else None.

@@ -75,3 +75,44 @@ def test_large_slot_files_are_not_kept_idle(monkeypatch):
         pre.take(f"t{i}", 1)
     pre.close()
     assert not spill.exists()       # the spill dir goes with the last result
+
+
+def _placed(tmp_path, n: int):
+    """A zero-filled stand-in for a shard being written, and a Prefetch told where each part 0 goes."""
+    from ling_convert.source import TensorInfo
+    out = tmp_path / "shard.tmp"
+    out.write_bytes(bytes(2 * N * n))
+    pre = Prefetch(_jobs(n), workers=2, parts=2)
+    for i in range(n):
+        pre.place(f"t{i}", 0, out, 2 * N * i, TensorInfo((N,), torch.int16))
+    return out, pre
+
+
+def test_announced_results_are_written_in_place_by_the_workers(tmp_path):
+    out, pre = _placed(tmp_path, 6)
+    for i in range(6):
+        rr = pre.take_raw(f"t{i}", 0)
+        assert (str(rr.file), rr.offset) == (str(out), 2 * N * i)      # no slot file, no copy
+        assert torch.equal(_read(rr), torch.full((N,), i, dtype=torch.int16))
+        rr.done()
+        assert int(pre.take(f"t{i}", 1)) == i
+    pre.close()
+
+
+def test_a_placed_result_taken_as_a_tensor_is_read_back(tmp_path):
+    out, pre = _placed(tmp_path, 2)
+    assert torch.equal(pre.take("t1", 0), torch.full((N,), 1, dtype=torch.int16))
+    pre.close()
+
+
+def test_a_result_not_matching_its_place_is_never_written_there(tmp_path):
+    """A result of another shape would overrun its neighbours: it comes back instead."""
+    from ling_convert.source import TensorInfo
+    out = tmp_path / "shard.tmp"
+    out.write_bytes(bytes(4 * N))
+    pre = Prefetch({"t7": Job(_filled, (), (("value", 7),))}, workers=2, parts=2)
+    pre.place("t7", 0, out, 0, TensorInfo((N // 2,), torch.int16))
+    assert pre.take_raw("t7", 0) is None
+    assert torch.equal(pre.take("t7", 0), torch.full((N,), 7, dtype=torch.int16))
+    assert out.read_bytes() == bytes(4 * N)
+    pre.close()

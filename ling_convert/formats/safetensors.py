@@ -310,7 +310,9 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
     names = disk_order(src, names)
     out = _ShardOut(path.with_name(path.name + ".tmp"))
     with ThreadPoolExecutor(1) as pool, out.writing():
-        out.put(header_bytes(src.infos, names))
+        header = header_bytes(src.infos, names)
+        out.put(header)
+        _announce(src, names, out.tmp, len(header))
         nxt = _prefetch(pool, src, names, 0)
         for i, name in enumerate(names):
             rr = src.raw_range(name) if src.has_raw(name) else None
@@ -328,6 +330,13 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
             if on_bytes:
                 on_bytes(src.infos[name].nbytes)
     return lambda: out.seal(path)
+
+
+def _announce(src: Source, names: list[str], path: Path, start: int) -> None:
+    """Tell every tensor where in the file it will go (a worker may write it there itself)."""
+    for name in names:
+        src.place(name, path, start)
+        start += src.infos[name].nbytes
 
 
 def disk_order(src: Source, names: list[str]) -> list[str]:
@@ -408,7 +417,10 @@ class _ShardOut:
 
     def copy(self, rr: RawRange) -> None:
         start, n = self.pos, rr.info.nbytes
-        fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
+        if os.fspath(rr.file) == os.fspath(self.tmp) and rr.offset == start:
+            os.lseek(self.f.fileno(), n, os.SEEK_CUR)     # a worker already wrote it in place
+        else:
+            fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
         self._advance(n)
         self._hash_next(start, n)
 

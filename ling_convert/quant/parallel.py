@@ -5,10 +5,12 @@ The writer reads tensors one at a time in its own order. `Prefetch` keeps up to
 the main process writes the current one. Each job is a pure function of its
 inputs, so the bytes do not depend on the number of workers; memory holds at most
 `ahead` results plus what each worker is computing. Workers read their inputs
-themselves when the thunk pickles (safetensors file slices) and hand large results
-back through /dev/shm slot files, so the parent copies nothing but what it writes.
-Slots are reused: overwriting a tmpfs file's pages is a memcpy, while a fresh file
-pays page allocation on write and freeing on unlink (about 5x the time at 2 MiB).
+themselves when the thunk pickles (safetensors file slices). A result whose place in
+the output the writer has announced (`place`) is written there by the worker itself,
+so the parent neither receives nor copies its bytes; other large results come back
+through /dev/shm slot files. Slots are reused: overwriting a tmpfs file's pages is a
+memcpy, while a fresh file pays page allocation on write and freeing on unlink (about
+5x the time at 2 MiB).
 
     >>> p = Prefetch({"a": Job(_demo, ())}, workers=1)
     >>> p.take("a", 0)
@@ -18,6 +20,7 @@ pays page allocation on write and freeing on unlink (about 5x the time at 2 MiB)
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import multiprocessing as mp
 import os
@@ -31,12 +34,13 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..errors import LingConvertError
-from ..fastio import pwrite_all
+from ..fastio import pread_into, pwrite_all
 from ..heap import reuse_heap
 from ..source import RawRange, TensorInfo
 
@@ -90,9 +94,56 @@ class _Spilled:
         return raw.view(self.dtype).reshape(self.shape)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where the writer will put a result part: the worker writes it there when it has the declared
+    shape and dtype (anything else would overrun its neighbours), else hands it back as usual."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def write(self, t: torch.Tensor) -> "_Placed | None":
+        if tuple(t.shape) != self.shape or t.dtype != self.dtype:
+            return None
+        try:
+            fd = os.open(self.path, os.O_WRONLY)     # never creates: a file the writer gave up is gone
+        except OSError:
+            return None
+        try:
+            pwrite_all(fd, t.detach().contiguous().reshape(-1).view(torch.uint8).numpy(), self.offset)
+        finally:
+            os.close(fd)
+        return _Placed(self.path, self.offset, self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A result part already in the output file at its place; read back if taken as a tensor."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __call__(self) -> torch.Tensor:
+        info = TensorInfo(self.shape, self.dtype)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = pread_into(fd, memoryview(buf.numpy()), self.offset)
+        finally:
+            os.close(fd)
+        if got != info.nbytes:
+            raise OSError(errno.EIO, f"short read of a placed result in {self.path}")
+        return buf.view(self.dtype).reshape(self.shape)
+
+
 _GIVEN_AWAY = object()     # cache slot of a spilled part whose file a writer took
 SPILL_MIN = 1 << 20        # smaller results go through the pipe
 SLOT_KEEP = 1 << 25        # a recycled slot file larger than this is deleted (tmpfs is RAM)
+PLACE = True               # workers write announced results into the output (tests turn it off)
 _counter = itertools.count()
 
 
@@ -101,7 +152,9 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _hand_over(t: torch.Tensor, slot: str | None):
+def _hand_over(t: torch.Tensor, slot: "str | _Target | None"):
+    if isinstance(slot, _Target):
+        return slot.write(t) or _Packed(t)
     nbytes = t.numel() * t.element_size()
     if slot and nbytes >= SPILL_MIN:
         try:
@@ -173,7 +226,7 @@ def _portable(load: Callable) -> Callable:
         return _Packed(load())
 
 
-def _run_in_worker(job: Job, slots: list[str]) -> tuple:
+def _run_in_worker(job: Job, slots: "list[str | _Target | None]") -> tuple:
     # Errors travel as plain data: exception pickling would drop the tensor/path/fix fields.
     try:
         out = job.run()
@@ -215,6 +268,7 @@ class Prefetch:
         self._spill: str | None = None
         self._slots: _Slots | None = None
         self._leases: dict[str, list[str]] = {}     # job in flight -> its slot files
+        self._targets: dict[tuple[str, int], _Target] = {}   # (job, part) -> its place in the output
         self._finalizer = None
         self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
         self._closing = False
@@ -231,7 +285,9 @@ class Prefetch:
             self.cache.pop(name)
             res = self._result(name)
         out = res[part]
-        if isinstance(out, _Spilled):
+        if isinstance(out, _Placed) and not raw:
+            out = out()
+        elif isinstance(out, _Spilled):
             # raw: the caller owns (and deletes) the file; else map it once, a second take gets the tensor
             keep = _GIVEN_AWAY if raw else out()
             out = out if raw else keep
@@ -250,21 +306,31 @@ class Prefetch:
     def thunk(self, name: str, part: int) -> "PrefetchThunk":
         return PrefetchThunk(self, name, part)
 
+    def place(self, name: str, part: int, path, offset: int, info: TensorInfo) -> None:
+        """The writer will put part `part` of `name` at `offset` of `path` (an open, staged file): a job not
+        yet started writes it there itself. Later jobs only; one already running keeps its slot."""
+        with self._lock:
+            if PLACE and self.workers > 1 and name not in self.futures and name not in self.cache:
+                self._targets[(name, part)] = _Target(os.fspath(path), offset, tuple(info.shape), info.dtype)
+
     def take_raw(self, name: str, part: int) -> RawRange | None:
-        """Part `part` as the worker's spill file (the writer copies it in the kernel), or None
-        when it came through the pipe. The caller calls `.done()` once it has copied it, which frees the
-        slot file for a later result."""
+        """Part `part` as a file range: where the worker placed it in the output, or its spill file
+        (the writer copies that in the kernel); None when it came through the pipe. The caller calls
+        `.done()` once it has used it, which frees the slot file for a later result."""
         with self._lock:
             res = self._result(name)
-            if not isinstance(res[part], _Spilled):
+            if not isinstance(res[part], (_Spilled, _Placed)):
                 return None
-            spilled = self._take(name, part, raw=True)
-            return RawRange(spilled.path, 0, TensorInfo(spilled.shape, spilled.dtype),
-                            lambda: self._release(spilled))
+            got = self._take(name, part, raw=True)
+            if isinstance(got, _Placed):
+                return RawRange(Path(got.path), got.offset, TensorInfo(got.shape, got.dtype),
+                                lambda: self._release(got))
+            return RawRange(got.path, 0, TensorInfo(got.shape, got.dtype), lambda: self._release(got))
 
-    def _release(self, spilled: "_Spilled") -> None:
+    def _release(self, part: "_Spilled | _Placed") -> None:
         with self._lock:
-            self._recycle(spilled)
+            if isinstance(part, _Spilled):
+                self._recycle(part)
         if self._closing:       # the last result was taken as a file: stop the pool once it is copied
             self.close()
 
@@ -318,8 +384,9 @@ class Prefetch:
         job = self.jobs[name]
         job = Job(job.fn, tuple(_portable(x) for x in job.inputs), job.kw)
         pool = self._executor()
-        slots = [self._slots.get() for _ in range(self.parts)] if self._slots is not None else []
-        self._leases[name] = slots
+        targets = [self._targets.pop((name, i), None) for i in range(self.parts)]
+        slots = [t or (self._slots.get() if self._slots is not None else None) for t in targets]
+        self._leases[name] = [x for x in slots if isinstance(x, str)]
         self.futures[name] = pool.submit(_run_in_worker, job, slots)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -355,6 +422,9 @@ class PrefetchThunk:
 
     def raw_range(self) -> RawRange | None:
         return self.pre.take_raw(self.name, self.part)
+
+    def place(self, path, offset: int, info: TensorInfo) -> None:
+        self.pre.place(self.name, self.part, path, offset, info)
 
 
 def _shutdown(pool: ProcessPoolExecutor, futures: dict, spill: str | None) -> None:
