@@ -103,28 +103,30 @@ def same_fp8_bytes(a: Path, b: Path) -> bool:
         torch.equal(sa.load(n).view(torch.uint8), sb.load(n).view(torch.uint8)) for n in names)
 
 
-def best_of(repeat: int, cmd: list[str], out: Path, src: Path) -> dict:
-    """Fastest of `repeat` runs (the machine may be shared); RSS of that run. Each run starts
-    settled: no dirty pages of an earlier run (naive leaves its output unsynced) still being
-    written back, the source in the page cache."""
-    runs = []
-    for i in range(repeat):
-        shutil.rmtree(out, ignore_errors=True)
-        settle(src)
-        runs.append(run_measured(cmd))
-        if i + 1 < repeat:
-            shutil.rmtree(out)
-    return min(runs, key=lambda r: r["wall"])
+def _timed(cmd: list[str], out: Path, src: Path) -> dict:
+    """One run from a settled start: no dirty pages of an earlier run (naive leaves its output
+    unsynced) still being written back, the source in the page cache."""
+    shutil.rmtree(out, ignore_errors=True)
+    settle(src)
+    return run_measured(cmd)
 
 
 def bench(size_gb: float, work: Path, workers: int, repeat: int) -> dict:
+    """Each round runs every command once, in turn, so a slow spell of the shared machine hits all
+    of them alike; the fastest of `repeat` rounds is kept for each (RSS of that run)."""
     src = write_synthetic(work / f"st-{size_gb}", synthetic_config(size_gb), "safetensors")
     nbytes = dir_bytes(src)
-    base = min((cp_baseline(src, work / "cp-out") for _ in range(repeat)), key=lambda r: r["cp"])
     ours_out, naive_out = work / "fp8-ours", work / "fp8-naive"
-    ours = best_of(repeat, ling("quantize", str(src), str(ours_out), "--workers", str(workers)), ours_out, src)
-    naive = best_of(repeat, [sys.executable, __file__, "--naive", str(src), str(naive_out)], naive_out, src)
-    naive_sync = best_of(repeat, [sys.executable, __file__, "--naive-sync", str(src), str(naive_out)], naive_out, src)
+    cmds = {"ours": (ling("quantize", str(src), str(ours_out), "--workers", str(workers)), ours_out),
+            "naive": ([sys.executable, __file__, "--naive", str(src), str(naive_out)], naive_out),
+            "naive_sync": ([sys.executable, __file__, "--naive-sync", str(src), str(naive_out)], naive_out)}
+    runs: dict[str, list] = {k: [] for k in [*cmds, "cp"]}
+    for _ in range(repeat):
+        runs["cp"].append(cp_baseline(src, work / "cp-out"))
+        for k, (cmd, out) in cmds.items():    # naive_sync last: it leaves naive's bytes for the check
+            runs[k].append(_timed(cmd, out, src))
+    base = {"cp": min(r["cp"] for r in runs["cp"]), "cp_sync": min(r["cp_sync"] for r in runs["cp"])}
+    ours, naive, naive_sync = (min(runs[k], key=lambda r: r["wall"]) for k in cmds)
     same = same_fp8_bytes(ours_out, naive_out)
     for d in (ours_out, naive_out, src):
         shutil.rmtree(d)
@@ -149,7 +151,8 @@ def main() -> None:
     ap.add_argument("--size-gb", type=float, default=2.0, help="bf16 size of the smaller model (x)")
     ap.add_argument("--scale", type=int, default=4, help="the larger model is this many times x")
     ap.add_argument("--workers", type=int, default=0, help="ours: worker processes (default: one per CPU)")
-    ap.add_argument("--repeat", type=int, default=1, help="time each command this many times, keep the fastest")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every command in turn; the fastest run of each is kept")
     ap.add_argument("--workdir", type=Path, default=Path("bench-work"))
     a = ap.parse_args()
     from ling_convert.quant.parallel import default_workers
