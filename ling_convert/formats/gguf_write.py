@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 import torch
 
-from .. import schemas
+from .. import fastio, schemas
 from ..errors import BadInputError, OutputExistsError, VerificationError
 from ..output import StagedOutput
 from ..source import Source
@@ -202,11 +202,9 @@ def set_aside(staged: StagedOutput, names: list[str]) -> dict[str, tuple[Path, i
 
 
 def _prefix_sha256(path: Path, n: int) -> str:
-    h, left = hashlib.sha256(), n
-    with open(path, "rb") as f:
-        while left and (chunk := f.read(min(left, 1 << 24))):
-            h.update(chunk)
-            left -= len(chunk)
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        fastio.hash_range(h, f.fileno(), 0, n, bytearray(min(n, fastio.BUF)))
     return h.hexdigest()
 
 

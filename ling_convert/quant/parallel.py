@@ -20,7 +20,6 @@ memcpy, while a fresh file pays page allocation on write and freeing on unlink (
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import multiprocessing as mp
 import os
@@ -40,7 +39,8 @@ from typing import Callable
 import torch
 
 from ..errors import LingConvertError
-from ..fastio import pread_into, pwrite_all
+from ..fastio import pwrite_all
+from ..formats.safetensors import pread_flat
 from ..heap import reuse_heap
 from ..source import RawRange, TensorInfo
 
@@ -129,15 +129,7 @@ class _Placed:
 
     def __call__(self) -> torch.Tensor:
         info = TensorInfo(self.shape, self.dtype)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            got = pread_into(fd, memoryview(buf.numpy()), self.offset)
-        finally:
-            os.close(fd)
-        if got != info.nbytes:
-            raise OSError(errno.EIO, f"short read of a placed result in {self.path}")
-        return buf.view(self.dtype).reshape(self.shape)
+        return pread_flat(Path(self.path), self.offset, info.nbytes, self.dtype).reshape(self.shape)
 
 
 _GIVEN_AWAY = object()     # cache slot of a spilled part whose file a writer took
