@@ -25,9 +25,9 @@ from common import cp_baseline, dir_bytes, ling, print_table, run_measured, synt
 
 from ling_convert.converters import apply_route, plan_route
 from ling_convert.formats import get_format
-from ling_convert.source import Source, TensorInfo
+from ling_convert.core.source import Source, TensorInfo
 from ling_convert.testing import tensor_shapes, write_tokenizer
-from ling_convert.writer import WriteOptions
+from ling_convert.formats.writer import WriteOptions
 
 _TO_TORCH = ("import sys\nfrom torch.distributed.checkpoint.format_utils import dcp_to_torch_save\n"
              "dcp_to_torch_save(sys.argv[1], sys.argv[2])\n")

@@ -155,7 +155,7 @@ def main() -> None:
                     help="rounds of every command in turn; the fastest run of each is kept")
     ap.add_argument("--workdir", type=Path, default=Path("bench-work"))
     a = ap.parse_args()
-    from ling_convert.quant.parallel import default_workers
+    from ling_convert.core.pool import default_workers
     workers = a.workers or default_workers()
     a.workdir.mkdir(exist_ok=True)
     rows = [bench(s, a.workdir, workers, a.repeat) for s in (a.size_gb, a.size_gb * a.scale)]

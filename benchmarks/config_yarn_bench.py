@@ -22,13 +22,13 @@ import numpy as np
 
 CHILD = """
 import json, resource, sys, time
-from ling_convert import config_ops
+from ling_convert.converters import config_ops
 t = time.perf_counter()
 config_ops.yarn(sys.argv[1], factor=4, out=sys.argv[2])
 print(json.dumps({"s": time.perf_counter() - t,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-BASELINE = "import resource, ling_convert.config_ops; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+BASELINE = "import resource, ling_convert.converters.config_ops; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 
 
 def make_gguf(path: Path, total_mb: int, tensor_mb: int = 32) -> None:

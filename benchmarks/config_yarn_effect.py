@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from ling_convert.config_rewrite import apply_yarn
+from ling_convert.model.config_rewrite import apply_yarn
 from ling_convert.formats import open_source
 from ling_convert.reference import run_reference
 from ling_convert.testing import TINY_MODELS, write_tiny
-from ling_convert.verify import compare
+from ling_convert.verify.logits import compare
 
 
 def variants(cfg: dict, factor: float) -> dict[str, dict]:

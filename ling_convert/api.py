@@ -1,4 +1,4 @@
-"""The Python API. The CLI is a thin shell over these functions.
+"""The Python API: every public entry point. The CLI is a thin shell over these functions.
 
     >>> from ling_convert import api
     >>> api.convert("Ling-lite/", "Ling-lite-st/", to="safetensors")      # doctest: +SKIP
@@ -7,102 +7,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import arch as arch_mod
-from .converters import apply_route, plan_route
-from .errors import UnknownTensorError
-from .formats import detect_format, get_format, open_source
-from .formats import safetensors as st
-from .hub.sync import resolve_source
-from .source import Source, ordered
-from .writer import DEFAULT_SHARD, WriteOptions
+from .converters import all_edges
+from .converters import fp8 as fp8_edges
+from .converters.fp8 import FP8LoadWarning, tp_warnings
+from .converters.config_ops import diff_paths as config_diff
+from .converters.config_ops import show as config_show
+from .converters.config_ops import validate_path as config_validate
+from .converters.config_ops import yarn as config_yarn
+from .converters.gguf import OUT_DTYPES
+from .core.errors import BadInputError, RouteNotFoundError, UnsupportedError
+from .core.output import parse_size
+from .core.source import ordered
+from .formats import all_formats, detect_format, open_source
+from .formats.dcp.writer import plan_files, plan_items
+from .formats.gguf.meta import refuse_if_unsupported
+from .formats.mindie import compat_notes as mindie_notes
+from .formats.mindie import layout as mindie_layout
+from .formats.mindie import validate_mindie_dir
+from .formats.writer import DEFAULT_SHARD
+from .hub import quiet_clients
+from .hub.sync import pull, push
+from .model import arch as arch_mod
+from .model.config import ModelConfig
+from .pipeline import HF_NAMED, ConvertResult, check_complete, convert, execute, open_checkpoint, prepare, with_config_from
+from .pipeline.parallel import HF_TARGETS, convert_parallel, world
+from .verify import VerifyReport, verify
 
-# Formats whose tensor names are the canonical HF names (others map to them by an edge).
-HF_NAMED = ("bin", "safetensors")
-
-
-@dataclass
-class ConvertResult:
-    output: Path | None
-    route: list[str]
-    source_format: str
-    target_format: str
-    tensors: int
-    bytes: int
-    shards: list[dict] = field(default_factory=list)
-    dry_run: bool = False
-
-
-def open_checkpoint(path: str | Path, fmt: str | None = None) -> Source:
-    """Open any supported checkpoint lazily and check its config names a known architecture."""
-    return open_source(path, fmt)
-
-
-def check_complete(src: Source) -> None:
-    """Fail early, naming the tensor, when an HF-named source lacks a tensor its config requires."""
-    a = arch_mod.detect_architecture(src.config, src.path)
-    missing = [n for n in a.expected_names(src.config) if n not in src.infos]
-    if missing:
-        raise UnknownTensorError(f"checkpoint lacks {len(missing)} tensor(s) its config requires",
-                                 path=src.path, tensor=missing[0],
-                                 fix="the checkpoint is incomplete (missing shard?) or config.json does not match it")
+__all__ = ["HF_NAMED", "ConvertResult", "FP8LoadWarning", "HybridResult", "VerifyReport", "check_complete", "config_diff",
+           "config_show", "config_validate", "config_yarn", "convert", "graph", "mindie_layout", "mindie_notes",
+           "pull", "push", "quiet_clients", "validate_mindie_dir",
+           "dcp_to_hf", "dequantize_checkpoint", "from_gguf_file", "hf_to_dcp", "inspect_checkpoint",
+           "open_checkpoint", "prepare", "quantize_checkpoint", "to_gguf_file", "to_hybrid_linear", "tp_warnings",
+           "verify", "with_config_from", "world"]
 
 
-def with_config_from(src: Source, cfg_dir: str | Path) -> Source:
-    """Use config.json and the tokenizer/aux files of HF dir `cfg_dir` (sources without a usable config)."""
-    from .errors import ConfigSchemaError
-    from .formats import aux_files, read_config
-    cfg = read_config(Path(cfg_dir))
-    if cfg is None:
-        raise ConfigSchemaError("no config.json here", path=cfg_dir, fix="point --config-from at an HF model directory")
-    return src.derive(config=cfg, aux={**src.aux, **aux_files(Path(cfg_dir))},
-                      notes={**src.notes, "config_from": str(cfg_dir)})
-
-
-def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
-            options: dict | None = None) -> tuple[Source, list]:
-    """Open the source and apply the route to `to` lazily (no tensor data is read)."""
-    src = open_checkpoint(src_path, from_format)
-    if (options or {}).get("config_from"):
-        src = with_config_from(src, options["config_from"])
-    if src.format in HF_NAMED:
-        check_complete(src)
-    else:
-        arch_mod.detect_architecture(src.config, src.path)
-    route = plan_route(src.format, to)
-    out = apply_route(src, route, options or {})
-    return out, route
-
-
-def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_format: str | None = None,
-            max_shard_size: str | int = DEFAULT_SHARD, force: bool = False, resume: bool = False,
-            dry_run: bool = False, options: dict | None = None,
-            progress: Callable[[int], None] | None = None) -> ConvertResult:
-    """Convert any supported checkpoint to format `to` (route found by the planner)."""
-    src, hub_source = resolve_source(src)   # hf://org/name[@rev], ms://...: pulled and verified first
-    source_format = (get_format(from_format) if from_format else detect_format(src)).name
-    lazy, route = prepare(src, to, from_format=from_format, options=options)
-    if hub_source:
-        lazy.notes["hub_source"] = hub_source   # repo, revision and commit go into the manifest
-    result = ConvertResult(None, [e.name for e in route], source_format, to, len(lazy.infos), lazy.total_bytes,
-                           dry_run=dry_run)
-    if dry_run:
-        result.shards = [{"file": f, "tensors": len(t), "bytes": b}
-                         for f, t, b in st.iter_shard_plan(lazy, st.parse_size(max_shard_size))]
-        return result
-    target = get_format(to)
-    if target.write is None:
-        from .errors import UnsupportedError
-        raise UnsupportedError(f"format {to!r} can be read but not written", fix="pick another --to")
-    if progress is not None and hasattr(progress, "start"):
-        progress.start(lazy.total_bytes)
-    opts = WriteOptions(max_shard_size=max_shard_size, force=force, resume=resume, progress=progress,
-                        extra=dict(options or {}))
-    result.output = Path(target.write(lazy, Path(out), opts))
-    return result
+def graph() -> dict:
+    """The format nodes and converter edges: {"formats": {name: {...}}, "edges": [{...}]}."""
+    fm = {n: {"summary": f.summary, "writable": f.write is not None} for n, f in all_formats().items()}
+    ed = [{"edge": e.name, "from": e.src, "to": e.dst, "lossless": e.lossless} for e in all_edges()]
+    return {"formats": fm, "edges": ed}
 
 
 def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
@@ -122,17 +69,18 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
         info["architecture"] = None
         info["architecture_error"] = str(e)
         return info
-    kinds = a.layer_kinds(cfg)
+    mc = ModelConfig.of(cfg)
+    kinds = mc.layer_kinds
     info.update({
         "architecture": cfg["architectures"][0], "arch_family": a.name,
-        "layers": int(cfg["num_hidden_layers"]),
+        "layers": mc.num_hidden_layers,
         "dense_layers": sum(1 for k in kinds.values() if k == "dense"),
         "moe_layers": sum(1 for k in kinds.values() if k == "moe"),
         "mtp_layers": sum(1 for k in kinds.values() if k == "mtp"),
-        "experts": int(cfg.get("num_experts") or 0), "experts_per_token": int(cfg.get("num_experts_per_tok") or 0),
-        "shared_experts": int(cfg.get("num_shared_experts") or 0),
-        "hidden_size": int(cfg["hidden_size"]), "head_dim": arch_mod.head_dim(cfg),
-        "vocab_size": int(cfg["vocab_size"]),
+        "experts": mc.num_experts, "experts_per_token": mc.experts_per_token,
+        "shared_experts": mc.shared_experts,
+        "hidden_size": mc.hidden_size, "head_dim": mc.head_dim,
+        "vocab_size": mc.vocab_size,
         "parameters": arch_mod.param_counts(a, cfg, src.infos) if src.format in HF_NAMED else None,
     })
     if src.format in HF_NAMED:
@@ -142,3 +90,133 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
         info["extra_tensors"] = extra[:20]
     info["files"] = sorted(p.name for p in Path(src.path).glob("*") if p.is_file()) if Path(src.path).is_dir() else [Path(src.path).name]
     return info
+
+
+# -- DCP (dcp2st / st2dcp) ---------------------------------------------------------------
+
+def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, workers: int = 1,
+              max_shard_size="5GB", vocab_size: int | None = None, config_from=None, tokenizer_dir=None,
+              allow_unmapped: bool = False, force: bool = False, resume: bool = False, dry_run: bool = False,
+              progress=None, fp8_options: dict | None = None) -> ConvertResult:
+    """Megatron torch_dist DCP -> HF safetensors (bf16 or, with `force_fp8`, block FP8)."""
+    if force_bf16 and force_fp8:
+        raise BadInputError("--force-bf16 and --force-fp8 exclude each other", fix="pass one of them")
+    if workers < 1:
+        raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
+    to = "fp8" if force_fp8 else "safetensors"
+    # FP8 output keeps unquantised tensors in bf16 (norms, router, embeddings), expert_bias in fp32.
+    options = {"force_bf16": force_bf16 or force_fp8, "vocab_size": vocab_size, "allow_unmapped": allow_unmapped,
+               "config_from": str(config_from) if config_from else None,
+               "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None, **(fp8_options or {})}
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    _, size = world()
+    try:        # the route is planned once, inside the pipeline; a missing fp8 edge surfaces there
+        if dry_run or (workers <= 1 and size <= 1) or to not in HF_TARGETS:
+            if force_fp8:
+                options["workers"] = workers      # the quantize edge runs its kernel in a pool of its own
+            return convert(src, out, to=to, from_format="dcp", max_shard_size=max_shard_size, force=force,
+                           resume=resume, dry_run=dry_run, options=options, progress=progress)
+        return convert_parallel(src, out, to=to, options=options, from_format="dcp", workers=workers,
+                                max_shard_size=max_shard_size, force=force, resume=resume, progress=progress)
+    except RouteNotFoundError:
+        if not force_fp8:
+            raise
+        raise UnsupportedError("--force-fp8 needs the safetensors -> fp8 edge, which is not installed",
+                               fix="convert to bf16 first, then run `ling-convert quantize`") from None
+
+
+def hf_to_dcp(src, out, *, max_shard_size="5GB", padded_vocab_size: int | None = None,
+              stack_layers: bool = False, allow_unmapped: bool = False, force: bool = False,
+              resume: bool = False, dry_run: bool = False, progress=None) -> ConvertResult:
+    """HF checkpoint (safetensors or .bin) -> Megatron torch_dist DCP loadable by `dcp.load`."""
+    options = {"padded_vocab_size": padded_vocab_size, "stack_layers": stack_layers,
+               "allow_unmapped": allow_unmapped}
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    if dry_run:
+        return _dcp_plan(src, max_shard_size, options)
+    return convert(Path(src), out, to="dcp", max_shard_size=max_shard_size, force=force, resume=resume,
+                       options=options, progress=progress)
+
+
+def _dcp_plan(src, max_shard_size, options: dict) -> ConvertResult:
+    """--dry-run for st2dcp: the .distcp files the writer would produce (no tensor data read)."""
+    lazy, route = prepare(src, "dcp", options=options)
+    files = plan_files(plan_items(lazy), parse_size(max_shard_size))
+    shards = [{"file": f"__0_{i}.distcp", "tensors": len({it.fqn for it in items}),
+               "bytes": sum(it.nbytes for it in items)} for i, items in enumerate(files)]
+    return ConvertResult(None, [e.name for e in route], lazy.source_format, "dcp", len(lazy.infos),
+                             lazy.total_bytes, shards=shards, dry_run=True)
+
+
+# -- FP8 (quantize / dequantize) ---------------------------------------------------------
+
+def quantize_checkpoint(src, out, *, scheme: str = "fp8-block", block_size: int = 128, scale_fmt: str = "float",
+                        tp: int | None = None, workers: int | None = None, **convert_kw):
+    """Any supported bf16 checkpoint -> block FP8: `quantize_checkpoint("Ling-mini-2.0/", "out/", tp=4)`."""
+    if not convert_kw.get("from_format") and detect_format(src).name == "fp8":
+        raise BadInputError("checkpoint is already block FP8", path=src,
+                            fix="quantise the bf16 original, or run `ling-convert dequantize` first")
+    opts = {"scheme": scheme, "block_size": block_size, "scale_fmt": fp8_edges.scale_format({"scale_fmt": scale_fmt}),
+            "tp": tp, "workers": workers}
+    return convert(src, out, to="fp8", options=opts, **convert_kw)
+
+
+def dequantize_checkpoint(src, out, *, dtype: str | None = None, workers: int | None = None, **convert_kw):
+    """Block FP8 -> bf16 safetensors: `dequantize_checkpoint("Ling-1T-FP8/", "out/")`."""
+    return convert(src, out, to="safetensors", from_format="fp8",
+                   options={"dequant_dtype": dtype, "workers": workers}, **convert_kw)
+
+
+# -- GGUF -------------------------------------------------------------------------------
+
+def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
+                 no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
+                 from_format: str | None = None, llama_defaults: bool = False, resume: bool = False,
+                 progress: Callable[[int], None] | None = None):
+    """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
+    # NOTE: refuse llama.cpp-less architectures before anything else reads the checkpoint.
+    if Path(src).exists():
+        refuse_if_unsupported(open_source(src, from_format).config, src)
+    opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
+            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
+    return convert(src, out, to="gguf", from_format=from_format, force=force, resume=resume, progress=progress,
+                       options={k: v for k, v in opts.items() if v is not None})
+
+
+def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,
+                   llama_defaults: bool = False, max_shard_size: str | int = "5GB", force: bool = False,
+                   resume: bool = False, progress: Callable[[int], None] | None = None):
+    """GGUF -> HF safetensors directory (dequantised, experts unstacked, Q/K un-permuted)."""
+    if dtype not in OUT_DTYPES:
+        raise BadInputError(f"unknown --dtype {dtype!r}", fix=f"use one of: {', '.join(OUT_DTYPES)}")
+    opts = {"dtype": dtype, "llama_defaults": llama_defaults,
+            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
+    return convert(src, out, to="safetensors", from_format="gguf", force=force, resume=resume,
+                       max_shard_size=max_shard_size, progress=progress, options={k: v for k, v in opts.items() if v is not None})
+
+
+# -- hybrid-linear ------------------------------------------------------------------------
+
+@dataclass
+class HybridResult:
+    output: Path | None
+    plan: dict
+    tensors: int
+    bytes: int
+    shards: list[dict]
+    dry_run: bool = False
+
+
+def to_hybrid_linear(src: str | Path, out: str | Path, *, linear_layers: str | None = None,
+                     layer_group_size: int | None = None, init: str | None = None,
+                     group_norm_size: int | None = None, modeling_dir: str | Path | None = None,
+                     max_shard_size: str | int = DEFAULT_SHARD, force: bool = False, resume: bool = False,
+                     dry_run: bool = False) -> HybridResult:
+    """Convert a softmax Ling checkpoint (any readable format) into the hybrid-linear layout at OUT."""
+    opts = {"linear_layers": linear_layers, "layer_group_size": layer_group_size, "init": init,
+            "group_norm_size": group_norm_size, "modeling_dir": str(modeling_dir) if modeling_dir else None}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    lazy, route = prepare(src, "hybrid-linear", options=opts)      # the route ends with the to-hybrid-linear edge
+    r = execute(lazy, route, out, to="hybrid-linear", max_shard_size=max_shard_size, force=force, resume=resume,
+                dry_run=dry_run, options=opts)
+    return HybridResult(r.output, lazy.notes["hybrid_linear"], r.tensors, r.bytes, r.shards, dry_run)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from . import api
 from .converters import all_edges, plan_route
-from .errors import LingConvertError, RouteNotFoundError
+from .core.errors import LingConvertError, RouteNotFoundError
 from .testing import TINY_MODELS, write_tiny
 
 
 def _parity(ref: Path, out: Path, lossless: bool) -> str:
-    from .verify import verify
+    from .verify.logits import verify
     rep = verify(ref, out)
     # A lossless edge must reproduce the logits bit for bit, whatever the edge class allows.
     status = "PASS" if rep.passed and (rep.exact or not lossless) else "FAIL"
@@ -61,8 +61,8 @@ def run_demo(workdir: str | Path | None = None, models: list[str] | None = None)
 
 def _run_transforms(model: str, src: Path, mdir: Path) -> list[dict]:
     """Checkpoint transforms that are not format edges, each with the parity it promises."""
-    from .config_ops import yarn
-    from .hybrid import to_hybrid_linear
+    from .converters.config_ops import yarn
+    from .api import to_hybrid_linear
     rows = []
     # Hybrid-linear with no linear layer must reproduce the source logits exactly.
     rows.append(_timed(model, "to-hybrid-linear --layer-group-size 1", mdir / "hybrid-k1", src, True,

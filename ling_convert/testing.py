@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import detect_architecture, head_dim
+from .model.arch import detect_architecture, head_dim
 
 _AUTO_MAP_V1 = {"AutoConfig": "configuration_bailing_moe.BailingMoeConfig",
                 "AutoModel": "modeling_bailing_moe.BailingMoeModel",

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
 
-from ling_convert.arch import head_dim
+from ling_convert.model.arch import head_dim
 from ling_convert.testing import tiny_config, tiny_state, tokenizer_json
 
 

@@ -127,7 +127,7 @@ def test_unknown_architecture(tiny, tmp_path):
 
 def test_model_type_alone_does_not_decide(tiny, tmp_path):
     # v2 configs say model_type "bailing_moe": dispatch must follow `architectures`.
-    from ling_convert.arch import detect_architecture
+    from ling_convert.model.arch import detect_architecture
     cfg = json.loads((tiny("ling-mini-2", "safetensors") / "config.json").read_text())
     assert cfg["model_type"] == "bailing_moe"
     assert detect_architecture(cfg).name == "bailing_moe_v2"

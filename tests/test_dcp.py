@@ -23,15 +23,16 @@ from hypothesis import strategies as hs
 sys.path.insert(0, str(Path(__file__).parent))
 import dcp_fixtures as fx  # noqa: E402
 
-from ling_convert import api, ops  # noqa: E402
+from ling_convert import api  # noqa: E402
+from ling_convert.model import ops  # noqa: E402
 from ling_convert.cli import main  # noqa: E402
-from ling_convert.errors import (ConfigSchemaError, CorruptFileError, MissingShardError,  # noqa: E402
+from ling_convert.core.errors import (ConfigSchemaError, CorruptFileError, MissingShardError,  # noqa: E402
                                  UnknownTensorError, UnsafePickleError)
-from ling_convert.formats.dcp import DcpReader  # noqa: E402
-from ling_convert.megatron.run import dcp_to_hf, hf_to_dcp  # noqa: E402
+from ling_convert.formats.dcp.reader import DcpReader  # noqa: E402
+from ling_convert.api import dcp_to_hf, hf_to_dcp  # noqa: E402
 from ling_convert.reference import run_reference  # noqa: E402
 from ling_convert.testing import tiny_config, write_tiny  # noqa: E402
-from ling_convert.verify import verify  # noqa: E402
+from ling_convert.verify.logits import verify  # noqa: E402
 
 V2, LITE, PLUS = "ling-mini-2", "ling-lite", "ling-plus"
 ROWS = 384        # Megatron pads the 320-row vocab to a multiple of divisor (64) x TP (2)
@@ -339,7 +340,7 @@ def test_error_types_from_api(tmp_path):
     md = tmp_path / "evil.metadata"
     md.write_bytes(b"cposix\nsystem\n(S'true'\ntR.")
     with pytest.raises(UnsafePickleError, match="posix.system"):
-        from ling_convert.formats.dcp_pickle import load_metadata
+        from ling_convert.formats.dcp.unpickle import load_metadata
         load_metadata(md)
     with pytest.raises(UnknownTensorError):
         state = fx.megatron_state(V2, rows=320)

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from ling_convert import api, fastio
+from ling_convert import api
+from ling_convert.core import fastio
 from ling_convert.formats import open_source
-from ling_convert.output import sha256_file
-from ling_convert.source import TensorInfo
-from ling_convert.writer import WriteOptions, write_hf_dir
+from ling_convert.core.output import sha256_file
+from ling_convert.core.source import TensorInfo
+from ling_convert.formats.writer import WriteOptions, write_hf_dir
 
 from test_foundation import read_all_st
 
@@ -73,7 +74,7 @@ def test_kernel_copy_paths_agree_on_a_tiny_model(tiny, tmp_path, monkeypatch):
 
 
 def test_copy_range_refuses_a_truncated_source(tmp_path):
-    from ling_convert.errors import CorruptFileError
+    from ling_convert.core.errors import CorruptFileError
     src = tmp_path / "s"
     src.write_bytes(b"x" * 100)
     with open(tmp_path / "d", "wb") as d:

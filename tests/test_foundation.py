@@ -11,11 +11,11 @@ from safetensors import safe_open
 
 from ling_convert import api
 from ling_convert.converters import plan_route
-from ling_convert.errors import RouteNotFoundError
+from ling_convert.core.errors import RouteNotFoundError
 from ling_convert.formats import open_source
 from ling_convert.formats.safetensors import parse_size, plan_shards
-from ling_convert.output import sha256_file
-from ling_convert.source import TensorInfo
+from ling_convert.core.output import sha256_file
+from ling_convert.core.source import TensorInfo
 from ling_convert.testing import TINY_MODELS, tiny_state, tiny_config
 
 from conftest import MODELS, assert_one_line_error

@@ -16,17 +16,17 @@ import torch
 from hypothesis import given, settings, strategies as st_
 
 from ling_convert import api
-from ling_convert.converters.fp8 import FP8LoadWarning, quantize_checkpoint, tp_warnings
-from ling_convert.errors import BadInputError
+from ling_convert.api import FP8LoadWarning, quantize_checkpoint, tp_warnings
+from ling_convert.core.errors import BadInputError
 from ling_convert.formats import detect_format, open_source
 from ling_convert.quant import Scheme, all_schemes, get_scheme
 from ling_convert.quant.fp8_block import dequantize, quantize
-from ling_convert.output import sha256_file
+from ling_convert.core.output import sha256_file
 from ling_convert.quant.policy import load_policy
-from ling_convert.source import ST_NAMES
+from ling_convert.core.source import ST_NAMES
 from ling_convert.testing import TINY_MODELS, write_tiny
-from ling_convert.verify import verify
-from ling_convert.writer import WriteOptions, write_hf_dir
+from ling_convert.verify.logits import verify
+from ling_convert.formats.writer import WriteOptions, write_hf_dir
 
 from conftest import MODELS, assert_one_line_error, run_subprocess
 
@@ -256,7 +256,7 @@ def test_quantized_layout_config_and_index(models, tmp_path, model):
     assert {"lm_head", "model.word_embeddings", "model.layers.1.mlp.gate"} <= set(qc["ignored_layers"])
     assert not any("experts" in m or "attention" in m for m in qc["ignored_layers"])
     assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
-    schema = pytest.importorskip("ling_convert.config_schema")
+    schema = pytest.importorskip("ling_convert.model.config_schema")
     schema.check_config(json.loads((out / "config.json").read_text()))     # the project's config schema
 
 
@@ -293,7 +293,7 @@ def test_power_of_two_scales(models, tmp_path, fmt):
 @pytest.mark.parametrize("path", ["pipe", "shm", "placed"])
 def test_workers_give_identical_bytes(models, tmp_path, monkeypatch, path):
     from ling_convert.formats import safetensors as st
-    from ling_convert.quant import parallel
+    from ling_convert.core import pool as parallel
     if path != "placed":            # workers hand results back instead of writing them into the shard
         monkeypatch.setattr(parallel, "PLACE", False)
     if path == "shm":               # every result through /dev/shm (the large-tensor path)
@@ -387,7 +387,7 @@ def test_negative_controls_fail_parity(models, tmp_path, model):
 
 def test_dcp_to_fp8_when_dcp_is_available(models, tmp_path):
     from ling_convert.converters import plan_route
-    from ling_convert.errors import RouteNotFoundError
+    from ling_convert.core.errors import RouteNotFoundError
     try:
         plan_route("safetensors", "dcp")
         plan_route("dcp", "fp8")

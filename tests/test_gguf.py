@@ -18,9 +18,9 @@ import torch
 
 from conftest import assert_one_line_error, run_subprocess
 from ling_convert import api
-from ling_convert.arch import head_dim
-from ling_convert.converters import gguf_ops
-from ling_convert.converters.gguf import to_gguf_file
+from ling_convert.model.arch import head_dim
+from ling_convert.model import gguf_ops
+from ling_convert.api import to_gguf_file
 from ling_convert.formats import open_source
 from ling_convert.reference import run_reference
 from ling_convert.testing import write_tiny

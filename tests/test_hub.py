@@ -20,7 +20,7 @@ from conftest import assert_one_line_error, run_subprocess  # noqa: E402
 from hub_standin import HubStandin  # noqa: E402
 
 from ling_convert import api  # noqa: E402
-from ling_convert.errors import (CorruptFileError, UnsafePathError, UnsupportedError,  # noqa: E402
+from ling_convert.core.errors import (CorruptFileError, UnsafePathError, UnsupportedError,  # noqa: E402
                                  VerificationError)
 from ling_convert.hub.errors import HubAuthError  # noqa: E402
 from ling_convert.hub.sync import PULL_RECORD, pull, push  # noqa: E402

@@ -14,13 +14,15 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_subprocess
-from ling_convert import api, arch, hybrid
-from ling_convert.errors import UnsupportedError
+from ling_convert import api
+from ling_convert.model import arch
+from ling_convert.converters import hybrid
+from ling_convert.core.errors import UnsupportedError
 from ling_convert.formats import open_source
 from ling_convert.reference import ARCHITECTURES, run_reference
 from ling_convert.reference import bailing_moe_linear as hl
 from ling_convert.reference.common import CommonArgs, LayerWeights, attention_block, rms_norm, rope_cos_sin
-from ling_convert.source import TensorInfo
+from ling_convert.core.source import TensorInfo
 from ling_convert.testing import write_tiny
 
 QKV = "attention.query_key_value.weight"
@@ -45,7 +47,7 @@ def models(tmp_path_factory):
         if not src.exists():
             write_tiny(src, model)
         out = root / f"{key}-hybrid"
-        hybrid.to_hybrid_linear(src, out, **opts)
+        api.to_hybrid_linear(src, out, **opts)
         built[key] = (src, out)
     return built
 
@@ -220,11 +222,11 @@ def test_new_parameters_are_seeded_and_documented(models, tmp_path):
     src = models["lite"][0]
     name = "model.layers.0.attention.g_proj.weight"
     first = open_source(models["lite"][1]).load(name)
-    again = hybrid.to_hybrid_linear(src, tmp_path / "again")
+    again = api.to_hybrid_linear(src, tmp_path / "again")
     assert torch.equal(open_source(tmp_path / "again").load(name), first)
-    hybrid.to_hybrid_linear(src, tmp_path / "seed9", init="normal:9")
+    api.to_hybrid_linear(src, tmp_path / "seed9", init="normal:9")
     assert not torch.equal(open_source(tmp_path / "seed9").load(name), first)
-    hybrid.to_hybrid_linear(src, tmp_path / "zeros", init="zeros")
+    api.to_hybrid_linear(src, tmp_path / "zeros", init="zeros")
     assert not open_source(tmp_path / "zeros").load(name).any()
     assert first.float().std().item() == pytest.approx(0.006, rel=0.1)  # tiny config initializer_range
     norm = open_source(models["lite"][1]).load("model.layers.0.attention.g_norm.weight")
@@ -252,7 +254,7 @@ def test_config_rewrite_and_remote_code(models, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(models["mini"][0], src)
     (src / "modeling_bailing_moe_v2.py").write_text("# softmax remote code\n")
-    hybrid.to_hybrid_linear(src, tmp_path / "plain", layer_group_size=2)
+    api.to_hybrid_linear(src, tmp_path / "plain", layer_group_size=2)
     cfg = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert cfg["architectures"] == ["BailingMoeLinearV2ForCausalLM"] and cfg["model_type"] == "bailing_moe_linear"
     assert (cfg["layer_group_size"], cfg["group_norm_size"], cfg["linear_silu"]) == (2, 1, False)
@@ -262,14 +264,14 @@ def test_config_rewrite_and_remote_code(models, tmp_path):
     code.mkdir()
     for f in ("configuration_bailing_moe_linear_v2.py", "modeling_bailing_moe_linear_v2.py"):
         (code / f).write_text("# hybrid remote code\n")
-    hybrid.to_hybrid_linear(src, tmp_path / "coded", layer_group_size=2, modeling_dir=code)
+    api.to_hybrid_linear(src, tmp_path / "coded", layer_group_size=2, modeling_dir=code)
     cfg = json.loads((tmp_path / "coded" / "config.json").read_text())
     assert cfg["auto_map"]["AutoConfig"] == "configuration_bailing_moe_linear_v2.BailingMoeLinearV2Config"
     assert sorted(p.name for p in (tmp_path / "coded").glob("*.py")) == sorted(p.name for p in code.glob("*.py"))
 
 
 def test_layer_list_selects_its_group_size(models, tmp_path):
-    r = hybrid.to_hybrid_linear(models["mini"][0], tmp_path / "x", linear_layers="1,0", dry_run=True)
+    r = api.to_hybrid_linear(models["mini"][0], tmp_path / "x", linear_layers="1,0", dry_run=True)
     assert (r.plan["layer_group_size"], r.plan["linear_layers"]) == (3, [0, 1]) and r.output is None
     assert not (tmp_path / "x").exists()
 

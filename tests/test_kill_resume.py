@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ling_convert.output import sha256_file
+from ling_convert.core.output import sha256_file
 
 # Runs the real CLI with each shard write slowed down, so a kill lands mid-run,
 # and counts the shards it actually writes (resume must skip finished ones).
@@ -52,8 +52,8 @@ def test_stale_staging_without_resume_starts_clean(tiny, tmp_path):
 def test_resume_with_tampered_shard_rewrites_it(tiny, tmp_path):
     """A finished shard whose bytes changed since it was recorded is written again, not trusted."""
     from ling_convert import api
-    from ling_convert.output import StagedOutput
-    from ling_convert.writer import WriteOptions, plan_id
+    from ling_convert.core.output import StagedOutput
+    from ling_convert.formats.writer import WriteOptions, plan_id
     src_path = tiny("ling-lite", "bin")
     api.convert(src_path, tmp_path / "ref", max_shard_size="50KB")
     want = _hashes(tmp_path / "ref")

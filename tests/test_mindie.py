@@ -23,9 +23,9 @@ from ling_convert.cli import main
 from ling_convert.converters import all_edges
 from ling_convert.formats import detect_format
 from ling_convert.formats import safetensors as st
-from ling_convert.formats.mindie import validate_mindie_dir
-from ling_convert.formats.mindie_config import recipe_config, to_mindie_config
-from ling_convert.schemas import schemas_dir
+from ling_convert.formats.mindie.checkpoint import validate_mindie_dir
+from ling_convert.formats.mindie.config import recipe_config, to_mindie_config
+from ling_convert.core.schemas import schemas_dir
 from ling_convert.testing import tiny_config, write_tiny
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 64]])
@@ -194,8 +194,8 @@ def test_to_mindie_variant(src, tmp_path, key):
 
 def test_service_config_differs_from_recipe_only_where_declared(src, tmp_path):
     """Flattened, lite's service config differs from the public lite/config.json in 3 fields only."""
-    from ling_convert.formats.mindie_config import thaw
-    from ling_convert import schemas
+    from ling_convert.formats.mindie.config import thaw
+    from ling_convert.core import schemas
     recipe = flat(thaw(schemas.load("mindie/service_config_template.json")["template"]))
     recipe["BackendConfig.ModelDeployConfig.ModelConfig.0.modelWeightPath"] = \
         "/home/HwHiAiUser/Ascend/Ling_lite_safetensor"

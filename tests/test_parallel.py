@@ -1,4 +1,4 @@
-"""quant/parallel.py: worker results handed over through reused /dev/shm slot files."""
+"""core/pool.py: worker results handed over through reused /dev/shm slot files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ling_convert.quant import parallel
-from ling_convert.quant.parallel import Job, Prefetch
+from ling_convert.core import pool as parallel
+from ling_convert.core.pool import Job, Prefetch
 
 N = 1 << 20     # int16 elements: 2 MiB per result, above SPILL_MIN
 
@@ -79,7 +79,7 @@ def test_large_slot_files_are_not_kept_idle(monkeypatch):
 
 def _placed(tmp_path, n: int):
     """A zero-filled stand-in for a shard being written, and a Prefetch told where each part 0 goes."""
-    from ling_convert.source import TensorInfo
+    from ling_convert.core.source import TensorInfo
     out = tmp_path / "shard.tmp"
     out.write_bytes(bytes(2 * N * n))
     pre = Prefetch(_jobs(n), workers=2, parts=2)
@@ -107,7 +107,7 @@ def test_a_placed_result_taken_as_a_tensor_is_read_back(tmp_path):
 
 def test_a_result_not_matching_its_place_is_never_written_there(tmp_path):
     """A result of another shape would overrun its neighbours: it comes back instead."""
-    from ling_convert.source import TensorInfo
+    from ling_convert.core.source import TensorInfo
     out = tmp_path / "shard.tmp"
     out.write_bytes(bytes(4 * N))
     pre = Prefetch({"t7": Job(_filled, (), (("value", 7),))}, workers=2, parts=2)

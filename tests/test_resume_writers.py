@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ling_convert.output import sha256_file
+from ling_convert.core.output import sha256_file
 
 
 def _hashes(paths) -> dict[str, str]:
@@ -32,7 +32,7 @@ def _interrupt_on_call(monkeypatch, module, attr: str, n: int) -> list:
 # -- st2dcp ------------------------------------------------------------------------------------
 
 def _st2dcp(src: Path, out: Path, **kw):
-    from ling_convert.megatron.run import hf_to_dcp
+    from ling_convert.api import hf_to_dcp
     return hf_to_dcp(src, out, max_shard_size="20KB", **kw)
 
 
@@ -41,7 +41,7 @@ def _progress(out: Path) -> dict:
 
 
 def test_st2dcp_resume_reuses_finished_files(tiny, tmp_path, monkeypatch):
-    import ling_convert.formats.dcp_write as dw
+    import ling_convert.formats.dcp.writer as dw
     src = tiny("ling-mini-2", "safetensors", 2)
     _st2dcp(src, tmp_path / "ref")
     want = _hashes((tmp_path / "ref").iterdir())
@@ -59,7 +59,7 @@ def test_st2dcp_resume_reuses_finished_files(tiny, tmp_path, monkeypatch):
 
 def test_st2dcp_resume_without_recorded_offsets_rewrites(tiny, tmp_path, monkeypatch):
     """A finished file whose blob offsets were not recorded cannot go into .metadata: it is written again."""
-    import ling_convert.formats.dcp_write as dw
+    import ling_convert.formats.dcp.writer as dw
     src = tiny("ling-mini-2", "safetensors", 2)
     _st2dcp(src, tmp_path / "ref")
     _interrupt_on_call(monkeypatch, dw, "write_file", 3)
@@ -77,7 +77,7 @@ def test_st2dcp_resume_without_recorded_offsets_rewrites(tiny, tmp_path, monkeyp
 
 
 def test_st2dcp_without_resume_starts_over(tiny, tmp_path, monkeypatch):
-    import ling_convert.formats.dcp_write as dw
+    import ling_convert.formats.dcp.writer as dw
     src = tiny("ling-mini-2", "safetensors", 2)
     _interrupt_on_call(monkeypatch, dw, "write_file", 3)
     with pytest.raises(KeyboardInterrupt):
@@ -90,7 +90,7 @@ def test_st2dcp_without_resume_starts_over(tiny, tmp_path, monkeypatch):
 # -- to-gguf -----------------------------------------------------------------------------------
 
 def _to_gguf(src: Path, out: Path, **kw):
-    from ling_convert.converters.gguf import to_gguf_file
+    from ling_convert.api import to_gguf_file
     out.parent.mkdir(exist_ok=True)
     return to_gguf_file(src, out, outtype="q8_0", **kw)
 
@@ -101,7 +101,7 @@ def _gguf_files(out: Path) -> list[Path]:
 
 def _interrupted_gguf(src: Path, out: Path, monkeypatch, at: int, **kw) -> None:
     """A to-gguf run stopped (Ctrl-C) when it encodes its `at`-th tensor; checkpoints every 64 KB."""
-    import ling_convert.formats.gguf_write as gw
+    import ling_convert.formats.gguf.writer as gw
     monkeypatch.setenv("LING_CONVERT_CHECKPOINT_BYTES", "65536")
     _interrupt_on_call(monkeypatch, gw, "_chunks", at)
     with pytest.raises(KeyboardInterrupt):
@@ -110,7 +110,7 @@ def _interrupted_gguf(src: Path, out: Path, monkeypatch, at: int, **kw) -> None:
 
 @pytest.mark.parametrize("split", [None, "200KB"])
 def test_to_gguf_resume_continues_from_checkpoint(tiny, tmp_path, monkeypatch, split):
-    import ling_convert.formats.gguf_write as gw
+    import ling_convert.formats.gguf.writer as gw
     src = tiny("ling-mini-2", "safetensors", 2)
     _to_gguf(src, tmp_path / "ref" / "m.gguf", split_max_size=split)
     want = _hashes(_gguf_files(tmp_path / "ref" / "m.gguf"))
@@ -129,7 +129,7 @@ def test_to_gguf_resume_continues_from_checkpoint(tiny, tmp_path, monkeypatch, s
 
 def test_to_gguf_resume_refuses_a_tampered_prefix(tiny, tmp_path, monkeypatch):
     """The checkpoint's sha256 guards the kept bytes: a changed byte means nothing is reused."""
-    import ling_convert.formats.gguf_write as gw
+    import ling_convert.formats.gguf.writer as gw
     src = tiny("ling-mini-2", "safetensors", 2)
     _to_gguf(src, tmp_path / "ref" / "m.gguf")
     out = tmp_path / "out" / "m.gguf"
@@ -149,8 +149,8 @@ def test_to_gguf_resume_refuses_a_tampered_prefix(tiny, tmp_path, monkeypatch):
 
 def test_to_gguf_resume_ignores_other_options(tiny, tmp_path, monkeypatch):
     """Checkpoints of a run with another --outtype belong to another plan: nothing is reused."""
-    import ling_convert.formats.gguf_write as gw
-    from ling_convert.converters.gguf import to_gguf_file
+    import ling_convert.formats.gguf.writer as gw
+    from ling_convert.api import to_gguf_file
     src = tiny("ling-mini-2", "safetensors", 2)
     out = tmp_path / "m.gguf"
     _interrupted_gguf(src, out, monkeypatch, at=45)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from ling_convert.testing import tiny_config, tiny_state, write_tokenizer
-from ling_convert.verify import verify
+from ling_convert.verify.logits import verify
 
 from conftest import MODELS, assert_one_line_error
 

@@ -7,15 +7,15 @@ exit code (0 ok, 1 verification failed, 2 bad input or usage, 3 internal error).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import warnings
 
 import typer
 
-from ..heap import return_big_buffers_to_os
-from ..errors import LingConvertError
+from ..core.heap import return_big_buffers_to_os
+from ..core.errors import LingConvertError
+from ..core.plugins import load_modules
 
 app = typer.Typer(name="ling-convert", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -29,12 +29,7 @@ INTERRUPTED = "interrupted; finished shards are kept, rerun the same command wit
 
 
 def _load_commands() -> None:
-    for mod in _COMMANDS:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+    load_modules(__name__, _COMMANDS)
 
 
 def _fail(line: str, code: int) -> int:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import config_ops
-from ..errors import ConfigSchemaError
+from .. import api
+from ..core.errors import ConfigSchemaError
 from . import app
 from .common import ForceOpt, JsonOpt, emit_json
 
@@ -52,7 +52,7 @@ def yarn(path: PathArg, factor: FactorOpt = None, original: OrigOpt = None, out_
          in_place: InPlaceOpt = False, remove: RemoveOpt = False, force: ForceOpt = False, as_json: JsonOpt = False):
     """Set YaRN RoPE scaling (factor, original context; both `type` and `rope_type`) and
     max_position_embeddings = factor x original; idempotent; --remove restores the original."""
-    r = config_ops.yarn(path, factor=factor, original=original, remove=remove, out=out_path, in_place=in_place,
+    r = api.config_yarn(path, factor=factor, original=original, remove=remove, out=out_path, in_place=in_place,
                         force=force)
     if as_json:
         emit_json(r)
@@ -64,7 +64,7 @@ def yarn(path: PathArg, factor: FactorOpt = None, original: OrigOpt = None, out_
 @config_app.command("show")
 def show(path: PathArg, normalized: NormOpt = False, as_json: JsonOpt = False):
     """Print the config (both files of a MindIE dir; the metadata of a GGUF)."""
-    r = config_ops.show(path, normalized=normalized)
+    r = api.config_show(path, normalized=normalized)
     if as_json:
         emit_json(r)
         return
@@ -76,7 +76,7 @@ def show(path: PathArg, normalized: NormOpt = False, as_json: JsonOpt = False):
 @config_app.command("diff")
 def diff(a: PathArg, b: PathArg, normalized: NormOpt = False, as_json: JsonOpt = False):
     """List the fields that differ from A to B (added, removed, changed)."""
-    rows = config_ops.diff_paths(a, b, normalized=normalized)
+    rows = api.config_diff(a, b, normalized=normalized)
     if as_json:
         emit_json(rows)
         return
@@ -89,7 +89,7 @@ def diff(a: PathArg, b: PathArg, normalized: NormOpt = False, as_json: JsonOpt =
 @config_app.command("validate")
 def validate(path: PathArg, as_json: JsonOpt = False):
     """Check configs against the JSON Schemas in schemas/config (and MindIE's); exit 2 with every problem."""
-    r = config_ops.validate_path(path)
+    r = api.config_validate(path)
     if as_json:
         emit_json(r)
     else:

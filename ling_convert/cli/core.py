@@ -81,10 +81,8 @@ def inspect(path: SrcArg, from_format: FromOpt = None, as_json: JsonOpt = False)
 @app.command()
 def formats(as_json: JsonOpt = False):
     """List the format nodes and converter edges of the graph."""
-    from ..converters import all_edges
-    from ..formats import all_formats
-    fm = {n: {"summary": f.summary, "writable": f.write is not None} for n, f in all_formats().items()}
-    ed = [{"edge": e.name, "from": e.src, "to": e.dst, "lossless": e.lossless} for e in all_edges()]
+    g = api.graph()
+    fm, ed = g["formats"], g["edges"]
     if as_json:
         emit_json({"formats": fm, "edges": ed})
         return

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..megatron.parallel import world
-from ..megatron.run import dcp_to_hf, hf_to_dcp
+from ..api import dcp_to_hf, hf_to_dcp, world
 from . import app
 from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
                      emit_json, err, human_bytes, out)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..converters.fp8 import FP8LoadWarning, dequantize_checkpoint, quantize_checkpoint
+from ..api import FP8LoadWarning, dequantize_checkpoint, quantize_checkpoint
 from . import app
 from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
                      err, human_bytes, out, emit_json)

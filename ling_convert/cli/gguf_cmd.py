@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..converters.gguf import from_gguf_file, to_gguf_file
+from ..api import from_gguf_file, to_gguf_file
 from . import app
 from .common import ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress, emit_json, human_bytes, out
 

@@ -30,7 +30,7 @@ MessageOpt = Annotated[Optional[str], typer.Option("--message", help="Commit mes
 def _quiet(as_json: bool) -> None:
     """Client progress bars and INFO logs only on an interactive terminal."""
     if as_json or not sys.stderr.isatty():
-        from ..hub import quiet_clients
+        from ..api import quiet_clients
         quiet_clients()
 
 
@@ -40,7 +40,7 @@ def push(folder: Annotated[Path, typer.Argument(help="Directory to upload.")], r
          include: IncludeOpt = None, exclude: ExcludeOpt = None, message: MessageOpt = None,
          token: TokenOpt = None, as_json: JsonOpt = False):
     """Upload FOLDER to REPO: only changed files are sent; the remote listing is checked after the commit."""
-    from ..hub.sync import push as do_push
+    from ..api import push as do_push
     _quiet(as_json)
     r = do_push(folder, repo, hub=hub, revision=revision, private=private, create_pr=create_pr, include=include,
                 exclude=exclude, message=message, token=token)
@@ -57,7 +57,7 @@ def pull(repo: RepoArg, dst: Annotated[Path, typer.Argument(help="Output directo
          hub: HubOpt = "hf", revision: RevisionOpt = None, include: IncludeOpt = None, token: TokenOpt = None,
          force: ForceOpt = False, as_json: JsonOpt = False):
     """Download REPO into DST; every file is checked against the hub's hashes and ling-convert.json."""
-    from ..hub.sync import pull as do_pull
+    from ..api import pull as do_pull
     _quiet(as_json)
     r = do_pull(repo, dst, hub=hub, revision=revision, include=include, token=token, force=force)
     if as_json:

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import hybrid
+from .. import api
 from . import app
-from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, SrcArg, emit_json, human_bytes, out, print_shard_plan
+from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan
 
 LinearLayersOpt = Annotated[Optional[str], typer.Option(
     "--linear-layers", help="Comma list of layers to make linear, e.g. 0,1,2; must be a layer_group_size pattern.")]
@@ -28,11 +28,11 @@ ModelingOpt = Annotated[Optional[Path], typer.Option(
 def to_hybrid_linear(src: SrcArg, dst: OutArg, linear_layers: LinearLayersOpt = None,
                      layer_group_size: GroupOpt = None, init: InitOpt = None, group_norm_size: GroupNormOpt = None,
                      modeling_dir: ModelingOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
-                     dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+                     resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Softmax Ling -> hybrid-linear: reuse weights, expand KV to MHA, seed the new gate (manifest says how)."""
-    r = hybrid.to_hybrid_linear(src, dst, linear_layers=linear_layers, layer_group_size=layer_group_size,
+    r = api.to_hybrid_linear(src, dst, linear_layers=linear_layers, layer_group_size=layer_group_size,
                                 init=init, group_norm_size=group_norm_size, modeling_dir=modeling_dir,
-                                max_shard_size=max_shard_size, force=force, dry_run=dry_run)
+                                max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run)
     if as_json:
         emit_json(r.__dict__)
         return

@@ -47,7 +47,9 @@ def to_mindie(variant: VariantArg, src: SrcArg, dst: OutArg, base: BaseOpt = Fal
 
 
 def _print_notes(root: Path) -> None:
-    from ..formats.mindie import compat_notes, layout, validate_mindie_dir
+    from ..api import mindie_layout as layout
+    from ..api import mindie_notes as compat_notes
+    from ..api import validate_mindie_dir
     cfg = json.loads((root / "config.json").read_text())
     out.print(f"service config: {root / layout()['service_config']}  (copy to mindie-service/conf/config.json)",
               soft_wrap=True, markup=False, highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 from . import app
 from .common import JsonOpt, emit_json, out
 
@@ -50,7 +50,7 @@ def verify(a: Annotated[Path, typer.Argument(help="Checkpoint A (any format).")]
            mtp: Annotated[bool, typer.Option("--mtp", help="Also compare MTP-layer outputs.")] = False,
            as_json: JsonOpt = False):
     """Prove logits parity between A and B (exit 0 pass, 1 fail)."""
-    from ..verify import verify as run
+    from ..api import verify as run
     if seq_len < 1:
         raise BadInputError("--seq-len must be >= 1", fix="e.g. --seq-len 32")
     rep = run(a, b, tokens=parse_tokens(tokens), seq_len=seq_len, seed=seed, tol=parse_tol(tol), layers=layers,

@@ -13,13 +13,19 @@ once, with no intermediate files. The target format's writer then streams it.
 
 from __future__ import annotations
 
-import importlib
 from collections import deque
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import RouteNotFoundError
-from ..source import Source
+from ..core.errors import BadInputError, RouteNotFoundError
+from ..core.source import Source
+from ..core.plugins import load_modules
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """An edge that takes no options."""
 
 
 @dataclass(frozen=True)
@@ -31,35 +37,37 @@ class Edge:
     lossless: bool = False
     summary: str = ""
     demo_options: dict | None = field(default=None, compare=False)  # None: the demo skips this edge
+    options: type = field(default=NoOptions, compare=False)         # frozen dataclass: the keys it reads
 
 
 _EDGES: dict[tuple[str, str], Edge] = {}
-_MODULES = ("bin2st", "fp8", "dcp", "mindie", "gguf")
+_MODULES = ("fp8", "gguf", "bin2st", "dcp", "mindie", "hybrid")   # the order `formats` and the demo list them
 
 
 def converter(src: str, dst: str, *, lossless: bool, name: str | None = None, summary: str = "",
-              demo_options: dict | None = None):
+              demo_options: dict | None = None, options: type = NoOptions, demo: bool = True):
     """Register a transform as the edge src -> dst (`demo_options`: how `ling-convert demo` runs it)."""
     def deco(fn):
         doc = summary or (fn.__doc__ or "").strip().split("\n")[0]
         _EDGES[(src, dst)] = Edge(src, dst, name or fn.__name__, fn, lossless, doc,
-                                  {} if demo_options is None else demo_options)
+                                  ({} if demo_options is None else demo_options) if demo else None, options)
         return fn
     return deco
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+    load_modules(__name__, _MODULES)
+
+
+def _module_rank(e: Edge) -> int:
+    # Edges list in _MODULES order whichever module was imported first (the demo table depends on it).
+    mod = e.transform.__module__.rpartition(".")[2]
+    return _MODULES.index(mod) if mod in _MODULES else len(_MODULES)
 
 
 def all_edges() -> list[Edge]:
     _load_all()
-    return list(_EDGES.values())
+    return sorted(_EDGES.values(), key=_module_rank)
 
 
 def plan_route(src: str, dst: str) -> list[Edge]:
@@ -93,3 +101,18 @@ def apply_route(src: Source, route: list[Edge], opts: dict | None = None) -> Sou
         src.route = [*src.route, e.name]
         src.format = e.dst
     return src
+
+
+def option_names(cls: type | None) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+
+
+def check_options(route: list[Edge], writer_options: type | None, options: dict, *, common=("config_from",)) -> None:
+    """Refuse an option no edge of the route and not the target's writer declares (a misspelt key)."""
+    allowed = set(common) | option_names(writer_options)
+    for e in route:
+        allowed |= option_names(e.options)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BadInputError(f"unknown option {unknown[0]!r} for the route {' -> '.join(e.name for e in route) or '(none)'}",
+                            fix=f"options this route reads: {', '.join(sorted(allowed))}")

@@ -21,13 +21,38 @@ from typing import Callable
 import torch
 
 from . import converter
-from .. import ops
-from ..errors import BadInputError, UnknownTensorError
+from ..model import ops
+from ..core.errors import BadInputError, UnknownTensorError
+from ..core.names import compile_pattern
 from ..formats import aux_files
-from ..formats.dcp import reader_of
-from ..megatron.config import args_vocab, tokenizer_ids
-from ..megatron.keymap import TABLE, KeyMap, Rule
-from ..source import Source, TensorInfo, ordered
+from ..formats.dcp.reader import reader_of
+from ..formats.dcp.megatron_config import args_vocab, tokenizer_ids
+from .dcp_keymap import TABLE, KeyMap, Rule
+from ..core.source import Source, TensorInfo, ordered
+
+
+@dataclass(frozen=True)
+class DcpToHfOptions:
+    """dcp2st: what `ling-convert dcp2st` passes (see `api.dcp_to_hf`)."""
+    force_bf16: bool = False
+    vocab_size: int | None = None
+    allow_unmapped: bool = False
+    tokenizer_dir: str | None = None
+    op_overrides: dict | None = None
+    # dcp2st --force-fp8 runs the quantize edge next; its keys travel in the same options
+    scheme: str | None = None
+    block_size: int | None = None
+    scale_fmt: str | None = None
+    tp: int | None = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class HfToDcpOptions:
+    padded_vocab_size: int | None = None
+    stack_layers: bool = False
+    allow_unmapped: bool = False
+    op_overrides: dict | None = None
 
 _SCHEMA_FIX = f"add a rule to schemas/{TABLE}, or pass --allow-unmapped to skip these keys"
 _CACHE_SIZE = 4     # multi-output op results kept (fc1 -> gate, up are read one after the other)
@@ -83,8 +108,7 @@ def _forced_dtypes(km: KeyMap) -> list[tuple[re.Pattern, torch.dtype]]:
     out = []
     for spec in km.arch.table["tensors"]:
         if spec.get("force_dtype"):
-            pat = re.escape(spec["name"]).replace(r"\{layer\}", r"\d+").replace(r"\{expert\}", r"\d+")
-            out.append((re.compile(pat + "$"), getattr(torch, spec["force_dtype"])))
+            out.append((compile_pattern(spec["name"]), getattr(torch, spec["force_dtype"])))
     return out
 
 
@@ -111,7 +135,7 @@ def _vocab(src: Source, rows: int, opts: dict, tok: dict) -> tuple[int, str]:
     return rows, "embedding rows"
 
 
-@converter("dcp", "safetensors", lossless=True, name="dcp2st", demo_options={})
+@converter("dcp", "safetensors", lossless=True, name="dcp2st", demo_options={}, options=DcpToHfOptions)
 def dcp2st(src: Source, opts: dict) -> Source:
     """Megatron torch_dist DCP -> HF safetensors names (QKV per group, experts split, vocab trimmed)."""
     reader = reader_of(src)
@@ -247,7 +271,7 @@ def _inverse_groups(src: Source, km: KeyMap, stack_layers: bool) -> tuple[dict[s
     return groups, unmapped
 
 
-@converter("safetensors", "dcp", lossless=True, name="st2dcp", demo_options={})
+@converter("safetensors", "dcp", lossless=True, name="st2dcp", demo_options={}, options=HfToDcpOptions)
 def st2dcp(src: Source, opts: dict) -> Source:
     """HF safetensors -> Megatron torch_dist names (the inverse of every dcp2st rule)."""
     cfg = dict(src.config)

@@ -1,7 +1,7 @@
 """Edges safetensors -> fp8 (`quantize`) and fp8 -> safetensors (`dequantize`).
 
 Both are lazy: tensor data is read only when the writer asks, and the quant kernel
-runs in worker processes a few tensors ahead of it (quant/parallel.py). Metadata
+runs in worker processes a few tensors ahead of it (core/pool.py). Metadata
 problems (an FP8 weight without its scale, an orphan scale, a scale of the wrong
 shape) are found here, before anything is written. config.json changes with the
 tensors: quantize adds `quantization_config`, dequantize removes it.
@@ -10,17 +10,33 @@ tensors: quantize adds `quantization_config`, dequantize removes it.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-from . import converter
-from ..arch import detect_architecture, head_dim
-from ..errors import BadInputError, ScaleMissingError, UnsupportedError
+from ..core.errors import BadInputError, ScaleMissingError, UnsupportedError
+from ..core.pool import Job, Prefetch, default_workers
+from ..core.source import Source, TensorInfo, ordered
+from ..model.arch import detect_architecture, head_dim
 from ..quant import get_scheme
 from ..quant.fp8_block import as_block
-from ..quant.parallel import Job, Prefetch, default_workers
 from ..quant.policy import load_policy, module_of
-from ..source import Source, TensorInfo, ordered
+from . import converter
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    scheme: str = "fp8-block"
+    block_size: int | None = None
+    scale_fmt: str = "float"
+    tp: int | None = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class DequantizeOptions:
+    dequant_dtype: str | None = None
+    workers: int | None = None
 
 SCALE_FMTS = ("float", "ue8m0", "ling")   # exact / all powers of two / Ling's recipe (policy's ue8m0 list)
 FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -52,7 +68,7 @@ def _workers(opts: dict, nbytes: int) -> int:
 
 # -- quantize ------------------------------------------------------------------------
 
-def _scale_fmt(opts: dict) -> str:
+def scale_format(opts: dict) -> str:
     fmt = opts.get("scale_fmt") or "float"
     if fmt not in SCALE_FMTS:
         raise BadInputError(f"unknown scale format {fmt!r}", fix=f"use one of: {', '.join(SCALE_FMTS)}")
@@ -77,11 +93,11 @@ def _check_quantizable(src: Source, name: str, info: TensorInfo) -> None:
                             fix="check the checkpoint against its config.json")
 
 
-@converter("safetensors", "fp8", lossless=False, name="quantize", demo_options={})
+@converter("safetensors", "fp8", lossless=False, name="quantize", demo_options={}, options=QuantizeOptions)
 def quantize_edge(src: Source, opts: dict) -> Source:
     """bf16 safetensors -> block FP8 (e4m3 + float32 weight_scale_inv) per schemas/precision/."""
     scheme = get_scheme(opts.get("scheme") or "fp8-block")
-    block, scale_fmt = as_block(opts.get("block_size") or scheme.default_block), _scale_fmt(opts)
+    block, scale_fmt = as_block(opts.get("block_size") or scheme.default_block), scale_format(opts)
     _refuse_quantized(src, scheme.scale_suffix)
     policy = load_policy(detect_architecture(src.config, src.path).name)
     infos, thunks, jobs, kept, unlisted, pow2_count = {}, {}, {}, [], [], 0
@@ -129,7 +145,7 @@ def _partitioned_sizes(cfg: dict) -> list[tuple[str, int, int]]:
 
 
 def tp_warnings(cfg: dict, block, tp: int = 1) -> list[str]:
-    """Per-partition sizes off the block grid: vLLM/SGLang refuse these at load. ref: docs/fp8.md §4.2
+    """Per-partition sizes off the block grid: vLLM/SGLang refuse these at load.
 
     Merged column-parallel and MoE layers need every output partition % block_n == 0 even at TP 1;
     with TP > 1 the row-parallel input partition must also be % block_k == 0."""
@@ -181,7 +197,7 @@ def _out_dtype(opts: dict, cfg: dict) -> torch.dtype:
     return HIGH_PRECISION[want]
 
 
-@converter("fp8", "safetensors", lossless=False, name="dequantize", demo_options={})
+@converter("fp8", "safetensors", lossless=False, name="dequantize", demo_options={}, options=DequantizeOptions)
 def dequantize_edge(src: Source, opts: dict) -> Source:
     """block FP8 -> bf16 safetensors: w = fp8 * scale_inv per block; drops scales and quantization_config."""
     scheme = get_scheme(opts.get("scheme") or "fp8-block")
@@ -209,25 +225,3 @@ def dequantize_edge(src: Source, opts: dict) -> Source:
     cfg["torch_dtype"] = str(dtype).replace("torch.", "")
     notes = {**src.notes, "fp8": {"dequantized": len(jobs), "block": list(block), "dtype": cfg["torch_dtype"]}}
     return src.derive(infos=infos, thunks=thunks, config=cfg, notes=notes)
-
-
-# -- API (the CLI commands call these) -----------------------------------------------
-
-def quantize_checkpoint(src, out, *, scheme: str = "fp8-block", block_size: int = 128, scale_fmt: str = "float",
-                        tp: int | None = None, workers: int | None = None, **convert_kw):
-    """Any supported bf16 checkpoint -> block FP8: `quantize_checkpoint("Ling-mini-2.0/", "out/", tp=4)`."""
-    from ..api import convert
-    from ..formats import detect_format
-    if not convert_kw.get("from_format") and detect_format(src).name == "fp8":
-        raise BadInputError("checkpoint is already block FP8", path=src,
-                            fix="quantise the bf16 original, or run `ling-convert dequantize` first")
-    opts = {"scheme": scheme, "block_size": block_size, "scale_fmt": _scale_fmt({"scale_fmt": scale_fmt}),
-            "tp": tp, "workers": workers}
-    return convert(src, out, to="fp8", options=opts, **convert_kw)
-
-
-def dequantize_checkpoint(src, out, *, dtype: str | None = None, workers: int | None = None, **convert_kw):
-    """Block FP8 -> bf16 safetensors: `dequantize_checkpoint("Ling-1T-FP8/", "out/")`."""
-    from ..api import convert
-    return convert(src, out, to="safetensors", from_format="fp8",
-                   options={"dequant_dtype": dtype, "workers": workers}, **convert_kw)

@@ -5,89 +5,40 @@ an entry maps an HF name pattern to GGUF name pattern(s) through a named op of
 `gguf_ops.OPS`; to-gguf runs the op forward, from-gguf its inverse. Both are lazy:
 thunks are wrapped, nothing is read until the writer asks.
 
-    >>> from ling_convert.converters.gguf import to_gguf_file
+    >>> from ling_convert.api import to_gguf_file
     >>> to_gguf_file("Ling-mini-2.0/", "ling-mini.gguf", outtype="q8_0")      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from ..errors import BadInputError, UnknownTensorError, UnsupportedError
+from ..core.errors import BadInputError, UnknownTensorError, UnsupportedError
+from ..core.source import PartedSource, Source, TensorInfo, Thunk, as_parted
 from ..formats import aux_files
-from ..formats.gguf_meta import refuse_if_unsupported, refuse_llama_defaults, table_for_config
-from ..source import Source, TensorInfo, Thunk
+from ..formats.gguf.meta import refuse_llama_defaults, table_for_config
+from ..formats.gguf.table import Group, group_names, rules
+from ..formats.gguf.writer import GgufOptions
+from ..model.gguf_ops import output_thunks, qkv_rows, slice_thunks
 from . import converter
-from .gguf_ops import Op, PartedSource, as_parted, get_op, output_thunks, qkv_rows, slice_thunks
 
-OUT_DTYPES = {"keep": None, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
-
-
-# -- the mapping table ---------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Rule:
-    index: int
-    hf: str
-    gguf: tuple[str, ...]
-    op: Op
-    entry: object = field(compare=False)
+class FromGgufOptions:
+    dtype: str = "keep"
+    llama_defaults: bool = False
+    tokenizer_dir: str | None = None
 
-
-def _regex(pattern: str) -> re.Pattern:
-    rx = re.escape(pattern).replace(r"\{layer\}", r"(?P<layer>\d+)").replace(r"\{expert\}", r"(?P<expert>\d+)")
-    return re.compile(rx + r"\Z")
-
-
-def rules(table) -> list[Rule]:
-    out = []
-    for i, e in enumerate(table["tensors"]):
-        g = e["gguf"]
-        out.append(Rule(i, e["hf"], (g,) if isinstance(g, str) else tuple(g), get_op(e.get("op")), e))
-    return out
-
-
-@dataclass
-class Group:
-    """One application of a rule: a layer's tensors on the matched side, by slot."""
-
-    rule: Rule
-    layer: int | None
-    slots: dict[int, str] = field(default_factory=dict)   # expert index or gguf pattern index -> name
-
-    def fmt(self, pattern: str, **kw) -> str:
-        return pattern.format(layer=self.layer, **kw)
-
-
-def group_names(names: list[str], rs: list[Rule], side: str, gguf_arch: str, where) -> list[Group]:
-    """Match every name to a rule (side 'hf' or 'gguf'); an unmatched name is an error."""
-    pats = [(r, slot, _regex(p)) for r in rs for slot, p in enumerate((r.hf,) if side == "hf" else r.gguf)]
-    groups: dict[tuple, Group] = {}
-    for name in names:
-        for r, slot, rx in pats:
-            m = rx.match(name)
-            if m:
-                layer = int(m["layer"]) if "layer" in rx.groupindex else None
-                g = groups.setdefault((r.index, layer), Group(r, layer))
-                g.slots[int(m["expert"]) if "expert" in rx.groupindex else slot] = name
-                break
-        else:
-            raise UnknownTensorError(f"no {gguf_arch} GGUF mapping for this tensor", path=where, tensor=name,
-                                     fix=f"schemas/gguf/{gguf_arch}.json lists the tensors llama.cpp's "
-                                         f"{gguf_arch} graph has")
-    # globals first in table order, then layer by layer (llama.cpp does not care; readers do)
-    return sorted(groups.values(), key=lambda g: (g.layer is not None, g.layer or 0, g.rule.index))
+OUT_DTYPES = {"keep": None, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
 # -- checks before export -------------------------------------------------------------
 
 def _check(name: str, cfg: dict, names: list[str]) -> bool:
-    from ..arch import head_dim
+    from ..model.arch import head_dim
     return {
         "qkv_width_is_hidden": lambda: int(cfg["num_attention_heads"]) * head_dim(cfg) == int(cfg["hidden_size"]),
         "sigmoid_router": lambda: cfg.get("score_function") in (None, "sigmoid"),
@@ -142,7 +93,7 @@ def _check_vocab_rows(src: Source, cfg: dict) -> None:
                             tensor=name, fix="correct vocab_size in config.json; llama.cpp needs one token per row")
 
 
-@converter("safetensors", "gguf", lossless=False, name="to-gguf", demo_options={})
+@converter("safetensors", "gguf", lossless=False, name="to-gguf", demo_options={}, options=GgufOptions)
 def to_gguf(src: Source, opts: dict) -> PartedSource:
     """HF names -> llama.cpp GGUF names and layouts (split/permute QKV, stack experts, bake norm_head)."""
     cfg = dict(src.config or {})
@@ -181,7 +132,7 @@ def _cast(th: Thunk, dtype: torch.dtype | None) -> Thunk:
     return th if dtype is None else (lambda: th().to(dtype))
 
 
-@converter("gguf", "safetensors", lossless=False, name="from-gguf", demo_options={})
+@converter("gguf", "safetensors", lossless=False, name="from-gguf", demo_options={}, options=FromGgufOptions)
 def from_gguf(src: Source, opts: dict) -> Source:
     """llama.cpp GGUF names -> HF names (unstack experts, merge and un-permute QKV); dequantised."""
     refuse_llama_defaults(src, opts.get("llama_defaults"))
@@ -223,35 +174,4 @@ def _check_expert_count(cfg: dict, n: int, where, name: str) -> None:
                             path=where, tensor=name, fix="the file is inconsistent; re-export it")
 
 
-# -- API ------------------------------------------------------------------------------------
-
-def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
-                 no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
-                 from_format: str | None = None, llama_defaults: bool = False, resume: bool = False,
-                 progress: Callable[[int], None] | None = None):
-    """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
-    from .. import api
-    from ..formats import open_source
-    # NOTE: refuse llama.cpp-less architectures before anything else reads the checkpoint.
-    if Path(src).exists():
-        refuse_if_unsupported(open_source(src, from_format).config, src)
-    opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
-            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
-    return api.convert(src, out, to="gguf", from_format=from_format, force=force, resume=resume, progress=progress,
-                       options={k: v for k, v in opts.items() if v is not None})
-
-
-def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,
-                   llama_defaults: bool = False, max_shard_size: str | int = "5GB", force: bool = False,
-                   resume: bool = False, progress: Callable[[int], None] | None = None):
-    """GGUF -> HF safetensors directory (dequantised, experts unstacked, Q/K un-permuted)."""
-    from .. import api
-    if dtype not in OUT_DTYPES:
-        raise BadInputError(f"unknown --dtype {dtype!r}", fix=f"use one of: {', '.join(OUT_DTYPES)}")
-    opts = {"dtype": dtype, "llama_defaults": llama_defaults,
-            "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
-    return api.convert(src, out, to="safetensors", from_format="gguf", force=force, resume=resume,
-                       max_shard_size=max_shard_size, progress=progress, options={k: v for k, v in opts.items() if v is not None})
-
-
-__all__ = ["from_gguf", "from_gguf_file", "group_names", "qkv_rows", "rules", "to_gguf", "to_gguf_file"]
+__all__ = ["from_gguf", "group_names", "qkv_rows", "rules", "to_gguf"]

@@ -12,14 +12,14 @@ A format module calls `register(Format(...))` at import time with:
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import BadInputError, ConfigSchemaError
-from ..source import Source
+from ..core.errors import BadInputError, ConfigSchemaError
+from ..core.source import Source
+from ..core.plugins import load_modules
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,12 @@ class Format:
     write: Callable | None = None     # (src, out, options) -> Path
     priority: int = 50                # lower = tried first by detection (more specific formats)
     lossless_from: tuple[str, ...] = ()
+    options: type | None = None       # frozen dataclass of the option keys the writer reads
 
 
 _FORMATS: dict[str, Format] = {}
 # Modules that register formats; imported lazily so a broken optional dependency names itself.
-_MODULES = ("hf_bin", "safetensors_fmt", "fp8", "dcp", "mindie", "gguf")
+_MODULES = ("hf_bin", "safetensors", "fp8", "dcp", "mindie", "gguf", "hybrid_linear")
 
 
 def register(fmt: Format) -> Format:
@@ -44,17 +45,18 @@ def register(fmt: Format) -> Format:
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
+    load_modules(__name__, _MODULES)
 
 
 def all_formats() -> dict[str, Format]:
     _load_all()
-    return dict(sorted(_FORMATS.items(), key=lambda kv: kv[1].priority))
+    return dict(sorted(_FORMATS.items(), key=lambda kv: (kv[1].priority, _module_rank(kv[1]))))
+
+
+def _module_rank(fmt: Format) -> int:
+    # Equal priorities keep _MODULES order whichever module was imported first.
+    mod = fmt.open.__module__.removeprefix(__name__ + ".").partition(".")[0]
+    return _MODULES.index(mod) if mod in _MODULES else len(_MODULES)
 
 
 def get_format(name: str) -> Format:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import Format, read_config, register
 from . import safetensors as st
-from ..errors import LingConvertError
+from ..core.errors import LingConvertError
 from ..quant.fp8_block import FP8Block
 
 SCALE_SUFFIX = FP8Block.scale_suffix
@@ -59,7 +59,7 @@ def _open(path: Path):
 
 
 def _write(src, out, opts):
-    from ..writer import write_hf_dir
+    from .writer import write_hf_dir
     return write_hf_dir(src, out, opts, target="fp8")
 
 

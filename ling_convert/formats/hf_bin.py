@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadInputError, CorruptFileError, UnsafePickleError
-from ..source import RawRange, Source, TensorInfo, is_contiguous
+from ..core.errors import BadInputError, CorruptFileError, UnsafePickleError
+from ..core.source import RawRange, Source, TensorInfo, is_contiguous
 from . import Format, aux_files, read_config, register
 from .safetensors import pread_flat, shard_files
 
@@ -156,7 +156,7 @@ def open_source(path: Path) -> Source:
 
 
 def _write(src, out, opts):
-    from ..errors import UnsupportedError
+    from ..core.errors import UnsupportedError
     raise UnsupportedError("writing .bin is not supported: pickles are unsafe to share",
                            fix="convert to safetensors instead (--to safetensors)")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import HubError
+from ..core.errors import HubError
 
 
 class HubAuthError(HubError):

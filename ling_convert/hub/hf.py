@@ -13,8 +13,8 @@ import glob
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import BadInputError, HubError
-from . import Snapshot, RemoteFile, UploadOutcome, scrub
+from ..core.errors import BadInputError, HubError
+from .base import RemoteFile, Snapshot, UploadOutcome, scrub
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 

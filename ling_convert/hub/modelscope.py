@@ -16,8 +16,8 @@ import sys
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
-from ..errors import BadInputError, HubError, UnsupportedError
-from . import RemoteFile, Snapshot, UploadOutcome, scrub
+from ..core.errors import BadInputError, HubError, UnsupportedError
+from .base import RemoteFile, Snapshot, UploadOutcome, scrub
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import BadInputError, CorruptFileError, MissingShardError, VerificationError
-from ..output import MANIFEST, StagedOutput, write_json_atomic
-from ..source import contained
-from . import HUBS, HubBackend, RemoteFile, Snapshot, canonical_hub, check_repo_id, get_backend, git_sha1
+from ..core.errors import BadInputError, CorruptFileError, MissingShardError, VerificationError
+from ..core.output import MANIFEST, StagedOutput, write_json_atomic
+from ..core.source import contained
+from .backends import get_backend
+from .base import HUBS, HubBackend, RemoteFile, Snapshot, canonical_hub, check_repo_id, git_sha1
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 PULL_RECORD = ".ling-convert-pull.json"      # provenance of a pulled dir; never pushed
@@ -100,7 +101,7 @@ class LocalHash:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            from ..output import sha256_file
+            from ..core.output import sha256_file
             self._sha256 = sha256_file(self.path)
         return self._sha256
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import ClassVar
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 
 _SCHEMES: dict[str, type["Scheme"]] = {}
 # Modules that define schemes; imported on first lookup (they import this module).

@@ -3,7 +3,7 @@
 An [M, N] weight is stored as float8_e4m3fn at its own shape, beside a float32
 `weight_scale_inv` of shape [ceil(M/bm), ceil(N/bn)]. Despite the name the scale
 is the multiplier: w ~= fp8 * scale_inv, with scale_inv = block amax / 448.
-Edge blocks are smaller, never padded. ref: docs/fp8.md §1, §2.1.
+Edge blocks are smaller, never padded.
 
     >>> q, s = quantize(torch.randn(192, 200), 128)
     >>> q.dtype, tuple(s.shape)
@@ -17,11 +17,11 @@ from typing import Iterator
 
 import torch
 
-from ..errors import BadInputError
+from ..core.errors import BadInputError
 from . import Scheme
 
 FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0          # largest finite float8_e4m3fn. ref: docs/fp8.md §1
+FP8_MAX = 448.0          # largest finite float8_e4m3fn.
 AMAX_FLOOR = 1e-4        # all-zero blocks get a usable scale. ref: Ling-V2 per_block_cast_to_fp8
 DEFAULT_BLOCK = (128, 128)
 # float32 bytes of one row strip: the working copy stays near cache size, so the
@@ -116,7 +116,7 @@ def quantize(w: torch.Tensor, block: int | Block = DEFAULT_BLOCK, *, pow2: bool 
             _check_finite(amax, bi, bj, name)
             s[bi, bj] = block_scale(amax, pow2)
             view.div_(s[bi, bj][:, None, :, None])
-        # NOTE: clamp before the cast; older torch and ml_dtypes turn overflow into NaN. ref: docs/fp8.md §8.1
+        # NOTE: clamp before the cast; older torch and ml_dtypes turn overflow into NaN.
         f.clamp_(-FP8_MAX, FP8_MAX)
         q[r0:r0 + f.shape[0]].copy_(f)
     return q, s

@@ -15,16 +15,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .. import schemas
-from ..errors import UnsupportedError
-
-_PLACEHOLDER = re.compile(r"\\\{(layer|expert)\\\}")
-
-
-def compile_pattern(pattern: str) -> re.Pattern:
-    """'model.layers.{layer}.x' -> a regex matching the whole name with digits for each placeholder."""
-    return re.compile(_PLACEHOLDER.sub(lambda m: rf"(?P<{m.group(1)}>\d+)", re.escape(pattern)) + r"\Z")
-
+from ..core import schemas
+from ..core.errors import UnsupportedError
+from ..core.names import compile_pattern
 
 @dataclass(frozen=True)
 class Policy:

@@ -1,6 +1,6 @@
 """Reference forward for BailingMoe v1 (``BailingMoeForCausalLM``: Ling-lite, Ling-plus, Ling-Coder-lite).
 
-Math follows inclusionAI/Ling ``models/modeling_bailing_moe.py`` (architectures.md §1.3):
+Math follows inclusionAI/Ling ``models/modeling_bailing_moe.py``:
 pre-norm blocks, full-head RoPE, softmax top-k router, shared experts, optional ``norm_head``.
 
     >>> out = forward(config, weight, torch.tensor([1, 2, 3]))  # doctest: +SKIP

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..arch import linear_layer_set
+from ..model.arch import linear_layer_set
 from . import bailing_moe as v1
 from . import bailing_moe_v2 as v2
 from .common import (LayerWeights, ReferenceOutput, WeightFn, apply_rope, as_batch, dense_mlp, embed, layer_count,
@@ -298,7 +298,7 @@ def run_layer(config: dict, weight: WeightFn, index: int, h: torch.Tensor, *,
 
 
 def _register() -> None:
-    from . import ARCHITECTURES, register_architecture
+    from .registry import ARCHITECTURES, register_architecture
     for name, fn in ((ARCH_V1, forward_v1), (ARCH_V2, forward_v2)):
         if ARCHITECTURES.get(name) is not fn:
             register_architecture(name, fn)

@@ -1,6 +1,6 @@
 """Reference forward for BailingMoeV2 (``BailingMoeV2ForCausalLM``: Ling-mini/flash-2.0, Ling-1T, Ring-2.0).
 
-Math follows inclusionAI/Ling-V2 ``models/modeling_bailing_moe_v2.py`` (architectures.md §2.3, §2.5):
+Math follows inclusionAI/Ling-V2 ``models/modeling_bailing_moe_v2.py``:
 QK RMSNorm before partial RoPE, sigmoid router with a selection-only ``expert_bias``, group-limited
 top-k, renormalised and scaled gates, and optional MTP layers appended after the main stack.
 
@@ -79,7 +79,7 @@ def route(flat: torch.Tensor, w: LayerWeights, args: Args) -> tuple[torch.Tensor
     idx = group_limited_topk(scores + w("mlp.gate.expert_bias", (args.num_experts,)), args)  # [N, k]
     gates = scores.gather(1, idx)  # [N, k]
     if args.num_experts_per_tok > 1:
-        # NOTE: HF renormalises whatever norm_topk_prob says (architectures.md §2.3).
+        # NOTE: HF renormalises whatever norm_topk_prob says.
         gates = gates / (gates.sum(dim=-1, keepdim=True) + GATE_EPS)
     return idx, gates * args.routed_scaling_factor
 

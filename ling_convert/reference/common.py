@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..model.config import head_dim
+
 WeightFn = Callable[[str], torch.Tensor]
 
 # Vocabulary rows upcast at once in the head; bounds the fp32 copy of a 157k-row lm_head.
@@ -54,14 +56,16 @@ def cfg_get(config: dict, key: str, default: Any = _REQUIRED) -> Any:
 
 def resolve_head_dim(config: dict) -> int:
     """``head_dim`` from the config; missing, 0 or null means hidden / heads (HF ``or`` rule)."""
-    heads = cfg_get(config, "num_attention_heads")
-    return int(config.get("head_dim") or cfg_get(config, "hidden_size") // heads)
+    cfg_get(config, "num_attention_heads")      # a missing key is named here, not as a KeyError
+    if not config.get("head_dim"):
+        cfg_get(config, "hidden_size")
+    return head_dim(config)
 
 
 def resolve_rotary_dim(config: dict, head_dim: int) -> int:
     """Rotated dims per head: ``rotary_dim``, else head_dim * ``partial_rotary_factor``, else head_dim.
 
-    NOTE: SGLang's precedence; the Ling-V2 HF file reads only partial_rotary_factor (architectures.md §2.4).
+    NOTE: SGLang's precedence; the Ling-V2 HF file reads only partial_rotary_factor.
     """
     if config.get("rotary_dim"):
         rot = int(config["rotary_dim"])
@@ -89,7 +93,7 @@ def normalize_rope_scaling(config: dict) -> dict | None:
     >>> normalize_rope_scaling({"rope_scaling": None}) is None
     True
     """
-    from ..config_rewrite import normalize_rope_scaling as normalize
+    from ..model.config_rewrite import normalize_rope_scaling as normalize
     out = normalize(config)
     if out is None:
         return None

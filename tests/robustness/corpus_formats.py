@@ -48,7 +48,7 @@ def _build_base(kind: str, root: Path) -> Path:
             api.convert(base("hf-lite"), root / kind, to="fp8")
         return root / kind
     if kind == "gguf":
-        from ling_convert.converters.gguf import to_gguf_file
+        from ling_convert.api import to_gguf_file
         to_gguf_file(base("hf-lite"), root / "m.gguf", outtype="f32")
         return root / "m.gguf"
     if kind == "mindie":

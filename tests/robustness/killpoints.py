@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ling_convert.output import sha256_file
+from ling_convert.core.output import sha256_file
 from ling_convert.testing import write_tiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,7 +68,7 @@ def _converted(model: str, to: str, name: str, **options):
 
 
 def _gguf(root: Path) -> Path:
-    from ling_convert.converters.gguf import to_gguf_file
+    from ling_convert.api import to_gguf_file
     to_gguf_file(write_tiny(root / "gguf-src", "ling-mini-2"), root / "m.gguf", outtype="f32")
     return root / "m.gguf"
 

@@ -89,13 +89,13 @@ def test_enospc_raised_in_a_reader_thread(sources, tmp_path):
     """The safetensors writer loads tensors on a pool thread; an ENOSPC there (e.g. a spill or cache
     write inside a thunk) must still become the one-line WriteFailedError, staging removed."""
     from ling_convert import api
-    from ling_convert.errors import WriteFailedError
+    from ling_convert.core.errors import WriteFailedError
     lazy, _ = api.prepare(sources["st"], "safetensors")
     victim = sorted(lazy.infos)[len(lazy.infos) // 2]
 
     def full():
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    from ling_convert.writer import WriteOptions, write_hf_dir
+    from ling_convert.formats.writer import WriteOptions, write_hf_dir
     src = lazy.derive(thunks={**lazy.thunks, victim: full})
     with pytest.raises(WriteFailedError, match="no space left"):
         write_hf_dir(src, tmp_path / "out", WriteOptions())

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ling_convert import api, config_gguf
-from ling_convert.converters.gguf import to_gguf_file
-from ling_convert.errors import LingConvertError
-from ling_convert.formats.gguf import open_gguf
+from ling_convert import api
+from ling_convert.formats.gguf import config as config_gguf
+from ling_convert.api import to_gguf_file
+from ling_convert.core.errors import LingConvertError
+from ling_convert.formats.gguf.reader import open_gguf
 from ling_convert.testing import write_tiny
 
 from .corpus_gguf_mindie import gguf_layout

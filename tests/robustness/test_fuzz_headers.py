@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ling_convert.errors import LingConvertError
+from ling_convert.core.errors import LingConvertError
 from ling_convert.formats.safetensors import read_header, read_tensor
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

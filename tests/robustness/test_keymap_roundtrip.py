@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ling_convert import ops
-from ling_convert.arch import detect_architecture
+from ling_convert.model import ops
+from ling_convert.model.arch import detect_architecture
 from ling_convert.converters.gguf import from_gguf, to_gguf
-from ling_convert.megatron.keymap import KeyMap
-from ling_convert.source import Source, TensorInfo
+from ling_convert.converters.dcp_keymap import KeyMap
+from ling_convert.core.source import Source, TensorInfo
 from ling_convert.testing import tensor_shapes, tiny_config
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -99,7 +99,7 @@ def test_megatron_ops_round_trip(cfg, seed):
         assert len(back) == len(hf) and all(torch.equal(a, b) for a, b in zip(back, hf)), key
 
 
-# -- GGUF (schemas/gguf via converters/gguf.py, gguf_ops.py) --------------------------------
+# -- GGUF (schemas/gguf via converters/gguf.py, model/gguf_ops.py) --------------------------------
 
 def _source(cfg: dict, seed: int) -> tuple[Source, dict]:
     g = torch.Generator().manual_seed(seed)

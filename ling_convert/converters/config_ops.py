@@ -1,0 +1,300 @@
+"""The config commands' API: `yarn`, `show`, `diff_paths`, `validate_path` over HF dirs, MindIE dirs,
+single config.json files and GGUF files. Pure rewrites live in `config_rewrite`.
+
+    >>> yarn("Ling-lite/", factor=4, out="Ling-lite-128k/")          # doctest: +SKIP
+    >>> yarn("Ling-lite-128k/", remove=True, in_place=True)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..formats.gguf import config as config_gguf
+from ..model.config_rewrite import apply_yarn, check_factor, check_positive_int, diff, normalize_config, remove_yarn
+from ..model.config_schema import schema_for, validate_config
+from ..core.errors import BadInputError, LingConvertError, OutputExistsError
+from ..formats import read_config
+from ..core.output import MANIFEST, StagedOutput, sha256_file
+
+CONFIG = "config.json"
+MINDIE_BACKUP = "config.json.bak"  # MindIE keeps the HF config here and puts its variant in config.json
+# MindIE base variants rename the MoE keys to DeepSeek's.
+MINDIE_ALIASES = {"n_routed_experts": "num_experts", "n_shared_experts": "num_shared_experts"}
+_SKIP_DIRS = {".cache", ".git"}  # hub download metadata: stale once config.json changes
+
+
+@dataclass
+class Target:
+    """What a PATH names: kind is hf | mindie | json | gguf; `configs` maps file name -> parsed config."""
+
+    path: Path
+    kind: str
+    root: Path
+    configs: dict[str, dict] = field(default_factory=dict)
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.suffix == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _load_json(path: Path) -> dict:
+    cfg = read_config(path.parent, path.name)
+    if cfg is None:
+        raise BadInputError("file does not exist", path=path)
+    return cfg
+
+
+def open_target(path: str | Path) -> Target:
+    """Classify PATH and parse its config files (nothing is written)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError("path does not exist", path=path, fix="pass a model directory, a config.json or a .gguf")
+    if path.is_file():
+        if _is_gguf(path):
+            return Target(path, "gguf", path.parent)
+        return Target(path, "json", path.parent, {path.name: _load_json(path)})
+    if not (path / CONFIG).is_file():
+        raise BadInputError(f"no {CONFIG} in this directory", path=path,
+                            fix="pass an HF/MindIE model directory, a config.json file or a .gguf file")
+    names = [CONFIG] + ([MINDIE_BACKUP] if (path / MINDIE_BACKUP).is_file() else [])
+    kind = "mindie" if len(names) == 2 else "hf"
+    return Target(path, kind, path, {n: _load_json(path / n) for n in names})
+
+
+# ---------------------------------------------------------------- yarn
+
+
+def _transform(factor, original, remove: bool) -> tuple[Callable[[dict], dict], dict]:
+    """The rewrite to run and the parsed options (for the manifest); argument errors come from here."""
+    if remove:
+        if factor is not None or original is not None:
+            raise BadInputError("--remove takes no --factor or --original-max-position-embeddings",
+                                fix="drop those options; --remove restores the recorded original")
+        return remove_yarn, {"operation": "yarn --remove"}
+    if factor is None:
+        raise BadInputError("--factor is required (or --remove)", fix="e.g. --factor 4")
+    factor = check_factor(factor)
+    if original is not None:
+        original = check_positive_int(original, "--original-max-position-embeddings")
+    return (lambda cfg: apply_yarn(cfg, factor, original),
+            {"operation": "yarn", "factor": factor, "original_max_position_embeddings": original})
+
+
+def _check_mode(path: Path, out, in_place: bool) -> Path | None:
+    if (out is None) == (not in_place):
+        raise BadInputError("choose exactly one of --out OUT and --in-place",
+                            fix="--out writes a new copy; --in-place rewrites the config files where they are")
+    if out is None:
+        return None
+    out = Path(out)
+    src, dst = path.resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise BadInputError("--out overlaps the input", path=out,
+                            fix="pick an output outside the input (or use --in-place)")
+    return out
+
+
+def yarn(path: str | Path, *, factor: Any = None, original: Any = None, remove: bool = False,
+         out: str | Path | None = None, in_place: bool = False, force: bool = False) -> dict:
+    """Set (or with `remove`, undo) YaRN scaling in every config PATH holds; see `apply_yarn`.
+
+    Returns {"kind", "path", "output", "changes": {file: diff rows}, "changed"}.
+    """
+    path = Path(path)
+    transform, op = _transform(factor, original, remove)  # argument errors before any I/O
+    out = _check_mode(path, out, in_place)
+    target = open_target(path)
+    if target.kind == "gguf":
+        return config_gguf.rewrite_gguf(path, transform, out=out, in_place=in_place, force=force, manifest=op)
+    # Every file's rewrite is computed (and may fail) before any file is written.
+    new = {name: config_gguf.located(target.root / name, transform, cfg) for name, cfg in target.configs.items()}
+    changes = {name: diff(target.configs[name], new[name]) for name in new}
+    result = {"kind": target.kind, "path": str(path), "output": str(out or path), "changes": changes,
+              "changed": any(changes.values())}
+    if in_place:
+        _write_in_place(target, new, changes, op)
+    elif target.kind == "json":
+        _write_json_file(out, _json_bytes(new[path.name], path), force)
+    else:
+        _write_copy(target, new, out, force, {**op, "config_changes": changes})
+    return result
+
+
+def _json_bytes(cfg: dict, like: Path) -> bytes:
+    """config.json text as HF writes it (indent 2), keeping the original's trailing newline or lack of it."""
+    with open(like, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(f.tell() - 1, 0))
+        newline = "\n" if f.read(1) == b"\n" else ""
+    return (json.dumps(cfg, indent=2, ensure_ascii=False) + newline).encode()
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    # Write beside, fsync, rename: a crash leaves the old or the new file, never half of one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_in_place(target: Target, new: dict, changes: dict, op: dict) -> None:
+    # NOTE: two MindIE files are replaced one after the other; a rerun is safe because yarn is idempotent.
+    for name, cfg in new.items():
+        if changes[name]:
+            p = target.root / name
+            _replace_file(p, _json_bytes(cfg, p), stat.S_IMODE(p.stat().st_mode))
+    if any(changes.values()):
+        _refresh_manifest(target.root, [n for n in new if changes[n]], op)
+
+
+def _refresh_manifest(root: Path, names: list[str], op: dict) -> None:
+    """Keep an existing ling-convert.json truthful: new hashes for the rewritten files, the edit logged."""
+    mpath = root / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
+    except (OSError, ValueError):
+        manifest = None  # not ours to repair; `verify`/`pull` will report it
+    if not isinstance(manifest, dict):
+        return
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        for name in names:
+            if name in files:
+                files[name] = sha256_file(root / name)
+    manifest.setdefault("edits", []).append(op)
+    data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode()
+    _replace_file(mpath, data, stat.S_IMODE(mpath.stat().st_mode))  # MindIE dirs want 750 kept
+
+
+def _write_json_file(out: Path, data: bytes, force: bool) -> None:
+    if out.exists() and not force:
+        raise OutputExistsError("output already exists", path=out, fix="choose a new path or pass --force")
+    if not out.parent.is_dir():
+        raise BadInputError("parent directory does not exist", path=out.parent, fix="create it first")
+    _replace_file(out, data, 0o644)
+
+
+def _walk(root: Path):
+    """(relative name, path) of every file to carry over, following file symlinks (hub snapshots)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(".partial"))
+        for d in dirnames:
+            if (base / d).is_symlink():
+                raise BadInputError("symlinked directory inside the model directory", path=base / d,
+                                    fix="replace it with a real directory, or use --in-place")
+        for name in sorted(filenames):
+            p = base / name
+            rel = p.relative_to(root).as_posix()
+            if rel == MANIFEST or not p.is_file():
+                continue  # our manifest is regenerated; sockets and dangling links are not model files
+            yield rel, p
+
+
+def _write_copy(target: Target, new: dict, out: Path, force: bool, manifest: dict) -> None:
+    src_manifest = target.root / MANIFEST
+    try:
+        old = json.loads(src_manifest.read_text())
+        old = {k: v for k, v in old.items() if k != "files"} if isinstance(old, dict) else {}
+    except (OSError, ValueError):
+        old = {}
+    with StagedOutput(out, force=force) as st:
+        for rel, src in _walk(target.root):
+            mode = stat.S_IMODE(src.stat().st_mode)  # MindIE insists on 750/640 modes
+            if rel in new:
+                st.write_bytes(rel, _json_bytes(new[rel], src), mode)
+            else:
+                st.copy(rel, src, mode)
+        st.commit({**manifest, "source": str(target.path), **({"source_manifest": old} if old else {})})
+    if src_manifest.is_file():
+        # NOTE: after the rename, as the MindIE writer does: the shared commit writes the manifest 644.
+        os.chmod(out / MANIFEST, stat.S_IMODE(src_manifest.stat().st_mode))
+
+
+# ---------------------------------------------------------------- show / diff / validate
+
+
+def show(path: str | Path, normalized: bool = False) -> dict:
+    """{"kind", "path", "configs": {file: config or GGUF metadata}}."""
+    t = open_target(path)
+    if t.kind == "gguf":
+        return {"kind": "gguf", "path": str(t.path), "configs": {t.path.name: config_gguf.metadata(t.path)}}
+    norm = normalize_config if normalized else (lambda c: c)
+    return {"kind": t.kind, "path": str(t.path), "configs": {n: norm(c) for n, c in t.configs.items()}}
+
+
+def diff_paths(a: str | Path, b: str | Path, normalized: bool = False) -> list[dict]:
+    """Changed fields from A to B (config.json of a dir, or GGUF metadata)."""
+    ta, tb = open_target(a), open_target(b)
+    if (ta.kind == "gguf") != (tb.kind == "gguf"):
+        raise BadInputError("cannot diff GGUF metadata against an HF config", path=b,
+                            fix="compare two GGUF files, or two HF/MindIE configs")
+    va, vb = (_main_view(t, normalized) for t in (ta, tb))
+    return diff(va, vb)
+
+
+def _main_view(t: Target, normalized: bool) -> dict:
+    if t.kind == "gguf":
+        return config_gguf.metadata(t.path)
+    cfg = t.configs[CONFIG if CONFIG in t.configs else t.path.name]
+    return normalize_config(cfg) if normalized else cfg
+
+
+def validate_path(path: str | Path) -> dict:
+    """{"kind", "path", "checked": [{"file", "schema", "problems": [line, ...]}], "ok"}; never raises for
+    schema problems (bad paths and unreadable files still raise)."""
+    t = open_target(path)
+    if t.kind == "gguf":
+        checked = [{"file": t.path.name, "schema": "gguf rope-scaling keys",
+                    "problems": config_gguf.validate_gguf(t.path)}]
+    elif t.kind == "mindie":
+        checked = [_check_hf(MINDIE_BACKUP, t.configs[MINDIE_BACKUP]), _check_mindie(t)]
+    else:
+        checked = [_check_hf(name, cfg) for name, cfg in t.configs.items()]
+    return {"kind": t.kind, "path": str(t.path), "checked": checked,
+            "ok": not any(c["problems"] for c in checked)}
+
+
+def _check_hf(name: str, cfg: dict) -> dict:
+    try:
+        problems = [p.line() for p in validate_config(cfg, name)]
+    except LingConvertError as e:  # unknown architecture: no schema to check against
+        return {"file": name, "schema": None, "problems": [e.message]}
+    return {"file": name, "schema": schema_for(cfg, name), "problems": problems}
+
+
+def _check_mindie(t: Target) -> dict:
+    """The MindIE module's own validator when it exists; else the HF schema over de-aliased keys."""
+    try:
+        mod = importlib.import_module("ling_convert.formats.mindie")
+    except ModuleNotFoundError:
+        mod = None
+    fn = getattr(mod, "validate_mindie_dir", None)
+    if fn is None:
+        cfg = {MINDIE_ALIASES.get(k, k): v for k, v in t.configs[CONFIG].items()}
+        return {**_check_hf(CONFIG, cfg), "schema": "hf (MindIE key aliases folded)"}
+    try:
+        res = fn(t.root)
+    except LingConvertError as e:
+        res = [e.one_line()]
+    items = res if isinstance(res, (list, tuple)) else []
+    # file None: the MindIE validator covers the whole dir and names each file in its messages.
+    return {"file": None, "schema": "mindie", "problems": [str(x) for x in items]}

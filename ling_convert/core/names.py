@@ -1,0 +1,27 @@
+"""Tensor-name patterns with `{layer}` / `{expert}` placeholders: the one place they become regexes.
+
+    >>> compile_pattern("model.layers.{layer}.mlp.experts.{expert}.up_proj.weight").match(
+    ...     "model.layers.3.mlp.experts.7.up_proj.weight")["expert"]
+    '7'
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_PLACEHOLDER = re.compile(r"\\\{(layer|expert)\\\}")
+
+
+@lru_cache(maxsize=None)
+def compile_pattern(pattern: str) -> re.Pattern:
+    """A regex matching the whole name, digits for each placeholder (named groups `layer`, `expert`)."""
+    seen: set[str] = set()
+
+    def group(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:          # the same placeholder twice must hold the same number
+            return f"(?P={name})"
+        seen.add(name)
+        return rf"(?P<{name}>\d+)"
+    return re.compile(_PLACEHOLDER.sub(group, re.escape(pattern)) + r"\Z")

@@ -1,0 +1,217 @@
+"""Lazy checkpoints: tensor name -> thunk, plus config and auxiliary files.
+
+Every reader returns a `Source`; every converter edge maps a `Source` to a new
+`Source` by wrapping thunks, so a multi-hop route reads each tensor once and
+holds it only until the writer has put it on disk.
+
+    >>> src = formats.open_source("Ling-lite/")              # doctest: +SKIP
+    >>> w = src.load("model.norm.weight")                     # reads one tensor
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import dataclasses
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from .errors import BadInputError
+
+Thunk = Callable[[], torch.Tensor]
+
+# safetensors dtype strings <-> torch dtypes. ref: safetensors docs, "Format".
+ST_DTYPES: Mapping[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+ST_NAMES: Mapping[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    return dtype.itemsize
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape and dtype of a tensor, known before its data is read."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_size(self.dtype)
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorInfo":
+        return cls(tuple(t.shape), t.dtype)
+
+
+def is_contiguous(shape, stride) -> bool:
+    """Row-major with no gaps (size-1 dims may carry any stride, as torch allows)."""
+    want = 1
+    for d, s in zip(reversed(shape), reversed(stride)):
+        if d != 1 and s != want:
+            return False
+        want *= d
+    return True
+
+
+@dataclass(frozen=True)
+class RawRange:
+    """Where a tensor's bytes lie in a file exactly as a safetensors writer would put them
+    (contiguous, little-endian), so they can be copied without being read into Python."""
+
+    file: Path
+    offset: int
+    info: TensorInfo
+    release: Callable[[], None] | None = field(default=None, compare=False)  # called once copied
+
+    def done(self) -> None:
+        if self.release is not None:
+            self.release()
+
+
+@dataclass
+class Source:
+    """A lazy checkpoint. Nothing is read until `load()` or a thunk is called."""
+
+    path: Path
+    format: str
+    config: dict | None
+    infos: dict[str, TensorInfo]
+    thunks: dict[str, Thunk]
+    aux: dict[str, Path] = field(default_factory=dict)   # output name -> file to copy
+    route: list[str] = field(default_factory=list)       # edges applied so far
+    notes: dict = field(default_factory=dict)             # manifest extras (vocab trim, init seeds, ...)
+    original_config: dict | None = None                   # config as read, for the manifest diff
+    source_format: str = ""                               # format as read, before any edge
+    # Typed facts later modules branch on (the manifest's `notes` are for people, not for code):
+    storage_type: str | None = None                       # quantised storage as read, e.g. GGUF "q8_0"
+    hf_config: dict | None = None                         # the HF config behind a MindIE view (to-mindie)
+
+    def __post_init__(self):
+        if self.original_config is None and self.config is not None:
+            self.original_config = dict(self.config)
+        if not self.source_format:
+            self.source_format = self.format
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def info(self, name: str) -> TensorInfo:
+        return self.infos[name]
+
+    def get(self, name: str) -> Thunk:
+        return self.thunks[name]
+
+    def load(self, name: str) -> torch.Tensor:
+        """Read one tensor and check it against its declared shape and dtype."""
+        t = self.thunks[name]()
+        want = self.infos[name]
+        if tuple(t.shape) != want.shape or t.dtype != want.dtype:
+            raise BadInputError(
+                f"read {tuple(t.shape)} {t.dtype}, but the header declares {want.shape} {want.dtype}",
+                path=self.path, tensor=name, fix="the file is inconsistent; re-export it")
+        return t
+
+    def has_raw(self, name: str) -> bool:
+        """Cheap: may `raw_range(name)` give a range? (It may block, e.g. on a worker's result.)"""
+        return hasattr(self.thunks[name], "raw_range")
+
+    def location(self, name: str) -> tuple[str, int] | None:
+        """(file, offset) of the tensor's stored bytes when its thunk reads them from a file; no I/O.
+        Writers use it to read a shard's tensors in the order they lie on disk."""
+        fn = getattr(self.thunks[name], "location", None)
+        return fn() if fn is not None else None
+
+    def place(self, name: str, path: Path, offset: int) -> None:
+        """Tell the tensor's thunk where the writer will put its bytes (`offset` in the open file `path`).
+        A thunk that computes in another process (core/pool.py) may write them there itself and then
+        offer that very range as its `raw_range`; any other thunk ignores it."""
+        fn = getattr(self.thunks[name], "place", None)
+        if fn is not None:
+            fn(path, offset, self.infos[name])
+
+    def raw_range(self, name: str) -> RawRange | None:
+        """The tensor's stored bytes, when its thunk reads them unchanged; else None.
+
+        Readers' thunks opt in with a `raw_range()` method; an edge that transforms a
+        tensor wraps the thunk, which drops the method, so only untouched bytes qualify."""
+        fn = getattr(self.thunks[name], "raw_range", None)
+        raw = fn() if fn is not None else None
+        if raw is not None and raw.info != self.infos[name]:
+            raw.done()
+            return None
+        return raw
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos.values())
+
+    def derive(self, **changes) -> "Source":
+        """A new Source sharing everything not named (used by converter edges)."""
+        changes.setdefault("route", list(self.route))
+        changes.setdefault("notes", dict(self.notes))
+        return replace(self, **changes)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort 'layers.10' after 'layers.9' so shards follow the model's layer order."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def ordered(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=natural_key)
+
+
+def contained(base: Path, rel: str, *, what: str, origin: Path) -> Path:
+    """Resolve `rel` under `base`, refusing absolute paths and escapes (`..`, symlinks)."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or "\\" in rel:
+        raise_unsafe(rel, what, origin)
+    base_r = base.resolve()
+    full = (base / p).resolve()
+    if full != base_r and base_r not in full.parents:
+        raise_unsafe(rel, what, origin)
+    return base / p
+
+
+def raise_unsafe(rel: str, what: str, origin: Path):
+    from .errors import UnsafePathError
+    raise UnsafePathError(f"{what} {rel!r} points outside its directory; refused",
+                          path=origin, fix="only plain file names inside the checkpoint directory are allowed")
+
+
+@dataclass
+class PartedSource(Source):
+    """A Source whose stacked tensors can also be read one axis-0 slice at a time.
+
+    `parts[name][i]` returns `load(name)[i]`; the GGUF writer and `from-gguf` use it so that
+    a layer's stacked experts never need to be in memory at once.
+    """
+
+    parts: dict[str, list[Thunk]] = field(default_factory=dict)
+
+
+def as_parted(src: Source, parts: dict[str, list[Thunk]], **changes) -> PartedSource:
+    """A PartedSource with `src`'s fields (and `changes`), so edges can hand slices on."""
+    kw = {f.name: getattr(src, f.name) for f in dataclasses.fields(Source) if hasattr(src, f.name)}
+    out = PartedSource(**{**kw, **changes}, parts=parts)
+    for k, v in vars(src).items():  # attributes set outside the dataclass fields travel too
+        if k not in kw and k != "parts":
+            setattr(out, k, v)
+    return out

@@ -1,0 +1,105 @@
+"""safetensors header: parsed and checked here (not by the safetensors library) so a malformed
+file gets an error naming the file, the tensor and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...core.fastio import pread_flat
+from ...core.errors import CorruptFileError
+from ...core.source import ST_DTYPES, TensorInfo
+
+
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+MAX_HEADER = 100 * 1024 * 1024  # ref: safetensors rejects headers over 100 MB as well
+
+
+# -- header ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    info: TensorInfo
+    begin: int      # absolute file offset of the first byte
+    end: int
+
+
+def _no_dup_pairs(path: Path):
+    def hook(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise CorruptFileError("header lists the tensor twice", path=path, tensor=k,
+                                       fix="re-export the file; names must be unique")
+            seen.add(k)
+        return dict(pairs)
+    return hook
+
+
+def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
+    """Parse and validate a safetensors header: -> (entries, __metadata__)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptFileError(f"file is {size} bytes, too short for a safetensors header",
+                                   path=path, fix="the file is truncated; download or convert it again")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise CorruptFileError(f"header length {n} runs past the end of the {size}-byte file",
+                                   path=path, fix="the file is truncated or not safetensors; re-download it")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup_pairs(path))
+    except UnicodeDecodeError:
+        raise CorruptFileError("header is not valid UTF-8", path=path, fix="re-export the file") from None
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"header is not valid JSON ({e.msg})", path=path, fix="re-export the file") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError("header is not a JSON object", path=path, fix="re-export the file")
+    meta = header.pop("__metadata__", None) or {}
+    entries = {name: _entry(path, name, spec, 8 + n, size) for name, spec in header.items()}
+    _check_overlaps(path, entries)
+    return entries, meta
+
+
+def _entry(path: Path, name: str, spec, data_start: int, size: int) -> Entry:
+    bad = lambda msg: CorruptFileError(msg, path=path, tensor=name, fix="re-export the file")  # noqa: E731
+    if not isinstance(spec, dict):
+        raise bad("header entry is not an object")
+    dtype = ST_DTYPES.get(spec.get("dtype"))
+    if dtype is None:
+        raise bad(f"unknown dtype {spec.get('dtype')!r}; expected one of {sorted(ST_DTYPES)}")
+    shape, offs = spec.get("shape"), spec.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+            and 0 <= offs[0] <= offs[1]):
+        raise bad(f"data_offsets {offs!r} are not [begin, end] with begin <= end")
+    info = TensorInfo(tuple(shape), dtype)
+    if offs[1] - offs[0] != info.nbytes:
+        raise bad(f"{spec['dtype']} {shape} needs {info.nbytes} bytes but data_offsets span {offs[1] - offs[0]}")
+    if data_start + offs[1] > size:
+        raise bad(f"data ends at byte {data_start + offs[1]}, past the end of the {size}-byte file "
+                  "(file truncated?)")
+    return Entry(info, data_start + offs[0], data_start + offs[1])
+
+
+def _check_overlaps(path: Path, entries: dict[str, Entry]) -> None:
+    spans = sorted((e.begin, e.end, k) for k, e in entries.items() if e.end > e.begin)
+    for (b0, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CorruptFileError(f"data of {k0!r} and {k1!r} overlap", path=path, tensor=k1,
+                                   fix="re-export the file")
+
+
+def read_tensor(path: Path, entry: Entry) -> torch.Tensor:
+    flat = pread_flat(path, entry.begin, entry.end - entry.begin, entry.info.dtype)
+    return flat.reshape(entry.info.shape)

@@ -1,0 +1,110 @@
+"""Open the source once, plan the route once, apply it lazily, write the target.
+
+    >>> lazy, route = prepare("Ling-lite/", "safetensors")       # doctest: +SKIP
+    >>> convert("Ling-lite/", "Ling-lite-st/", to="safetensors")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..converters import apply_route, check_options, plan_route
+from ..core.errors import ConfigSchemaError, UnknownTensorError, UnsupportedError
+from ..core.output import parse_size
+from ..core.source import Source
+from ..formats import aux_files, detect_format, get_format, open_source, read_config
+from ..formats.safetensors import iter_shard_plan
+from ..formats.writer import DEFAULT_SHARD, WriteOptions
+from ..hub.sync import resolve_source
+from ..model import arch as arch_mod
+
+# Formats whose tensor names are the canonical HF names (others map to them by an edge).
+HF_NAMED = ("bin", "safetensors")
+
+
+@dataclass
+class ConvertResult:
+    output: Path | None
+    route: list[str]
+    source_format: str
+    target_format: str
+    tensors: int
+    bytes: int
+    shards: list[dict] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def open_checkpoint(path: str | Path, fmt: str | None = None) -> Source:
+    """Open any supported checkpoint lazily and check its config names a known architecture."""
+    return open_source(path, fmt)
+
+
+def check_complete(src: Source) -> None:
+    """Fail early, naming the tensor, when an HF-named source lacks a tensor its config requires."""
+    a = arch_mod.detect_architecture(src.config, src.path)
+    missing = [n for n in a.expected_names(src.config) if n not in src.infos]
+    if missing:
+        raise UnknownTensorError(f"checkpoint lacks {len(missing)} tensor(s) its config requires",
+                                 path=src.path, tensor=missing[0],
+                                 fix="the checkpoint is incomplete (missing shard?) or config.json does not match it")
+
+
+def with_config_from(src: Source, cfg_dir: str | Path) -> Source:
+    """Use config.json and the tokenizer/aux files of HF dir `cfg_dir` (sources without a usable config)."""
+    cfg = read_config(Path(cfg_dir))
+    if cfg is None:
+        raise ConfigSchemaError("no config.json here", path=cfg_dir, fix="point --config-from at an HF model directory")
+    return src.derive(config=cfg, aux={**src.aux, **aux_files(Path(cfg_dir))},
+                      notes={**src.notes, "config_from": str(cfg_dir)})
+
+
+def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
+            options: dict | None = None) -> tuple[Source, list]:
+    """Open the source and apply the route to `to` lazily (no tensor data is read)."""
+    src = open_checkpoint(src_path, from_format)
+    if (options or {}).get("config_from"):
+        src = with_config_from(src, options["config_from"])
+    if src.format in HF_NAMED:
+        check_complete(src)
+    else:
+        arch_mod.detect_architecture(src.config, src.path)
+    route = plan_route(src.format, to)
+    check_options(route, get_format(to).options, options or {})
+    out = apply_route(src, route, options or {})
+    return out, route
+
+
+def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_format: str | None = None,
+            max_shard_size: str | int = DEFAULT_SHARD, force: bool = False, resume: bool = False,
+            dry_run: bool = False, options: dict | None = None,
+            progress: Callable[[int], None] | None = None) -> ConvertResult:
+    """Convert any supported checkpoint to format `to` (route found by the planner)."""
+    src, hub_source = resolve_source(src)   # hf://org/name[@rev], ms://...: pulled and verified first
+    lazy, route = prepare(src, to, from_format=from_format, options=options)   # detects the format once
+    if hub_source:
+        lazy.notes["hub_source"] = hub_source   # repo, revision and commit go into the manifest
+    return execute(lazy, route, out, to=to, max_shard_size=max_shard_size, force=force, resume=resume,
+                   dry_run=dry_run, options=options, progress=progress)
+
+
+def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_size: str | int = DEFAULT_SHARD,
+            force: bool = False, resume: bool = False, dry_run: bool = False, options: dict | None = None,
+            progress: Callable[[int], None] | None = None) -> ConvertResult:
+    """Write a prepared (lazy, routed) source with the target's writer, or plan its shards (`dry_run`)."""
+    result = ConvertResult(None, [e.name for e in route], lazy.source_format, to, len(lazy.infos), lazy.total_bytes,
+                           dry_run=dry_run)
+    if dry_run:
+        result.shards = [{"file": f, "tensors": len(t), "bytes": b}
+                         for f, t, b in iter_shard_plan(lazy, parse_size(max_shard_size))]
+        return result
+    target = get_format(to)
+    if target.write is None:
+            raise UnsupportedError(f"format {to!r} can be read but not written", fix="pick another --to")
+    if progress is not None and hasattr(progress, "start"):
+        progress.start(lazy.total_bytes)
+    opts = WriteOptions(max_shard_size=max_shard_size, force=force, resume=resume, progress=progress,
+                        extra=dict(options or {}))
+    result.output = Path(target.write(lazy, Path(out), opts))
+    return result
