@@ -4,7 +4,9 @@ It implements only the routes the real clients call (huggingface_hub 2.4 with
 Xet disabled; modelscope 1.40 / modelscope-hub 0.5), keeps every repository in
 memory as a small git-like model (branches -> commits -> {path: entry}), and
 can inject faults: an HTTP 500, a connection dropped while a body is sent, a
-truncated or corrupted download, and a hostile listing entry such as `../x`.
+truncated or corrupted download, a body that never ends ("endless": no length,
+bytes until `endless_limit`), a hostile listing entry such as `../x`, and a
+hostile commit id in the revision info (`fake_commit`).
 
     with HubStandin(token="hf_test") as hub:
         HfApi(endpoint=hub.url, token="hf_test").create_repo("org/m")
@@ -61,7 +63,7 @@ class Repo:
 class Fault:
     method: str
     pattern: re.Pattern
-    kind: str            # "500" | "drop" | "truncate" | "corrupt"
+    kind: str            # "500" | "drop" | "truncate" | "corrupt" | "endless"
     times: int
 
 
@@ -77,6 +79,9 @@ class HubStandin:
         self.blobs: dict[str, bytes] = {}
         self.faults: list[Fault] = []
         self.extra_listing: dict[str, list[str]] = {}   # repo -> bogus paths added to listings
+        self.fake_commit: dict[str, str] = {}           # repo -> the "sha" its revision info claims
+        self.endless_limit = 200 << 20                  # an endless body stops here (keeps a failing test finite)
+        self.endless_sent = 0                           # bytes sent by endless bodies so far
         self.log: list[tuple[str, str, int, str]] = []  # (method, path, request body bytes, Range)
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -306,8 +311,10 @@ class _Handler(BaseHTTPRequestHandler):
             data, status = data[start:end], 206
             headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{entry.size}"
         headers["Accept-Ranges"] = "bytes"
-        fault = self.hub.take_fault(self.command, self.path.split("?")[0], ("truncate", "corrupt")) \
+        fault = self.hub.take_fault(self.command, self.path.split("?")[0], ("truncate", "corrupt", "endless")) \
             if self.command == "GET" else None
+        if fault == "endless":
+            return self._send_endless(data or b"x", headers)
         if fault == "corrupt" and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if fault == "truncate" and len(data) > 1:
@@ -315,6 +322,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             raise Stop
         self._send(status, data, "application/octet-stream", headers)
+
+    def _send_endless(self, data: bytes, headers: dict) -> None:
+        """The file's bytes again and again, with no length, until the client hangs up (or the limit)."""
+        self.send_response(200)
+        for k, v in {**headers, "Connection": "close", "Content-Type": "application/octet-stream"}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        piece = (data * (1 + (1 << 16) // len(data)))[: 1 << 16]
+        try:
+            while self.hub.endless_sent < self.hub.endless_limit:
+                self.wfile.write(piece)
+                with self.hub.lock:
+                    self.hub.endless_sent += len(piece)
+        except OSError:
+            pass
+        raise Stop
 
     # -- access ----------------------------------------------------------------
     def _readable(self, repo_id: str, ms: bool = False) -> Repo | None:

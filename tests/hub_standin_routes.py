@@ -46,7 +46,8 @@ def hf_info(h: _Handler, g, q, body):
     if got is None:
         return h._hf_error(404, "RevisionNotFound", "Invalid rev id")
     cid, tree = got
-    h._json(200, {"id": g["repo"], "modelId": g["repo"], "sha": cid, "private": repo.private,
+    h._json(200, {"id": g["repo"], "modelId": g["repo"], "sha": h.hub.fake_commit.get(g["repo"], cid),
+                  "private": repo.private,
                   "siblings": [{"rfilename": p} for p in sorted(tree)]})
 
 
@@ -192,7 +193,8 @@ def ms_info(h: _Handler, g, q, body):
 def ms_revisions(h: _Handler, g, q, body):
     repo = h._readable(g["repo"], ms=True)
     if repo is not None:
-        branches = [{"Revision": b, "CreatedAt": 0, "CommitId": c} for b, c in sorted(repo.branches.items())]
+        branches = [{"Revision": b, "CreatedAt": 0, "CommitId": h.hub.fake_commit.get(g["repo"], c)}
+                    for b, c in sorted(repo.branches.items())]
         h._ms({"RevisionMap": {"Branches": branches, "Tags": []}})
 
 

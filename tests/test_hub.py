@@ -23,7 +23,7 @@ from ling_convert import api  # noqa: E402
 from ling_convert.core.errors import (CorruptFileError, UnsafePathError, UnsupportedError,  # noqa: E402
                                  VerificationError)
 from ling_convert.hub.errors import HubAuthError  # noqa: E402
-from ling_convert.hub.sync import PULL_RECORD, pull, push  # noqa: E402
+from ling_convert.hub.sync import PULL_RECORD, pull, pull_record, push  # noqa: E402
 from ling_convert.testing import write_tiny  # noqa: E402
 
 TOKEN = "tok_SECRET_7f3a9c"          # distinctive: searched for in every captured output
@@ -98,7 +98,8 @@ def test_push_pull_round_trip_is_sha256_identical(kind, converted, standin, monk
     p = pull("org/tiny", out, hub=kind)
     assert sha_tree(out) == sha_tree(converted)
     assert p.manifest_checked and p.commit == standin.repos["org/tiny"].branches[p.revision]
-    record = json.loads((out / PULL_RECORD).read_text())
+    assert not (out / PULL_RECORD).exists()      # bookkeeping beside OUT, never among its files
+    record = json.loads(pull_record(out).read_text())
     assert record["pulled_from"]["commit"] == p.commit and record["pulled_from"]["repo"] == "org/tiny"
 
 
@@ -236,7 +237,7 @@ def test_cli_push_pull_options(converted, standin, monkeypatch, tmp_path, cli):
                          "--include", "config.json", "--include", "tokenizer*")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(
-        [PULL_RECORD, "config.json", "tokenizer.json", "tokenizer_config.json"])
+        ["config.json", "tokenizer.json", "tokenizer_config.json"])
     code, _, err = cli("pull", "org/c", tmp_path / "o", "--hub", "hf", "--revision", "dev")
     assert_one_line_error(code, err, "--force")          # OUT exists: refused, not merged
 

@@ -61,10 +61,10 @@ def test_resume_with_tampered_shard_rewrites_it(tiny, tmp_path):
     opts = WriteOptions(max_shard_size="50KB", resume=True)
     # Simulate an interrupted run: one shard recorded, then corrupted on disk.
     import ling_convert.formats.safetensors as st
-    with StagedOutput(tmp_path / "out", resume=True, plan_id=plan_id(lazy, opts, "safetensors")) as staged:
+    with StagedOutput(tmp_path / "out", sources=lazy.inputs(), resume=True, plan_id=plan_id(lazy, opts, "safetensors")) as staged:
         name, tensors, _ = next(st.iter_shard_plan(lazy, 50_000))
         staged.done(name, st.write_shard(staged.path(name), tensors, lazy))
-    (tmp_path / ".out.partial" / name).write_bytes(b"x" * 100)
+    (tmp_path / ".out.partial" / "files" / name).write_bytes(b"x" * 100)
     api.convert(src_path, tmp_path / "out", max_shard_size="50KB", resume=True)
     assert _hashes(tmp_path / "out") == want
 
@@ -73,7 +73,7 @@ def test_concurrent_run_refused(tiny, tmp_path):
     import fcntl
     staging = tmp_path / ".out.partial"
     staging.mkdir()
-    fd = os.open(staging / ".lock", os.O_CREAT | os.O_RDWR)
+    fd = os.open(staging / "lock", os.O_CREAT | os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         from conftest import assert_one_line_error, run_subprocess

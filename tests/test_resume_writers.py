@@ -135,7 +135,7 @@ def test_to_gguf_resume_refuses_a_tampered_prefix(tiny, tmp_path, monkeypatch):
     out = tmp_path / "out" / "m.gguf"
     _interrupted_gguf(src, out, monkeypatch, at=45)
     cp = _progress(out)["partial"]["m.gguf"]
-    kept = out.parent / f".{out.name}.partial" / cp["file"]
+    kept = out.parent / f".{out.name}.partial" / "files" / cp["file"]
     with open(kept, "r+b") as f:                               # flip one byte inside the checkpointed data
         f.seek(cp["end"] - 100)
         b = f.read(1)

@@ -20,6 +20,7 @@ from ..model.config_rewrite import apply_yarn, check_factor, check_positive_int,
 from ..model.config_schema import schema_for, validate_config
 from ..core.errors import BadInputError, LingConvertError, OutputExistsError
 from ..formats import read_config
+from ..core.guard import check_apart, in_place_target
 from ..core.output import MANIFEST, StagedOutput, sha256_file
 
 CONFIG = "config.json"
@@ -99,10 +100,7 @@ def _check_mode(path: Path, out, in_place: bool) -> Path | None:
     if out is None:
         return None
     out = Path(out)
-    src, dst = path.resolve(), out.resolve()
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise BadInputError("--out overlaps the input", path=out,
-                            fix="pick an output outside the input (or use --in-place)")
+    check_apart(out, [path], what="--out (overlaps the input)")
     return out
 
 
@@ -144,8 +142,9 @@ def _json_bytes(cfg: dict, like: Path) -> bytes:
 def _replace_file(path: Path, data: bytes, mode: int) -> None:
     # Write beside, fsync, rename: a crash leaves the old or the new file, never half of one.
     tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)   # never write through a link planted under this name
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -157,9 +156,11 @@ def _replace_file(path: Path, data: bytes, mode: int) -> None:
 
 def _write_in_place(target: Target, new: dict, changes: dict, op: dict) -> None:
     # NOTE: two MindIE files are replaced one after the other; a rerun is safe because yarn is idempotent.
+    names = [n for n in new if changes[n]] + ([MANIFEST] if (target.root / MANIFEST).is_file() else [])
+    files = {n: in_place_target(target.root / n, target.root) for n in names}   # every link checked first
     for name, cfg in new.items():
         if changes[name]:
-            p = target.root / name
+            p = files[name]
             _replace_file(p, _json_bytes(cfg, p), stat.S_IMODE(p.stat().st_mode))
     if any(changes.values()):
         _refresh_manifest(target.root, [n for n in new if changes[n]], op)
@@ -167,7 +168,7 @@ def _write_in_place(target: Target, new: dict, changes: dict, op: dict) -> None:
 
 def _refresh_manifest(root: Path, names: list[str], op: dict) -> None:
     """Keep an existing ling-convert.json truthful: new hashes for the rewritten files, the edit logged."""
-    mpath = root / MANIFEST
+    mpath = in_place_target(root / MANIFEST, root)
     try:
         manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
     except (OSError, ValueError):
@@ -216,7 +217,7 @@ def _write_copy(target: Target, new: dict, out: Path, force: bool, manifest: dic
         old = {k: v for k, v in old.items() if k != "files"} if isinstance(old, dict) else {}
     except (OSError, ValueError):
         old = {}
-    with StagedOutput(out, force=force) as st:
+    with StagedOutput(out, sources=[target.root], force=force) as st:
         for rel, src in _walk(target.root):
             mode = stat.S_IMODE(src.stat().st_mode)  # MindIE insists on 750/640 modes
             if rel in new:

@@ -85,6 +85,10 @@ class OutputExistsError(LingConvertError):
     """The output exists and is not empty; --force replaces it."""
 
 
+class OutputIsSourceError(LingConvertError):
+    """The output is, lies inside, or holds a checkpoint the run reads (never allowed, --force included)."""
+
+
 class OutputBusyError(LingConvertError):
     """Another ling-convert run holds the output's lock."""
 

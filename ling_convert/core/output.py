@@ -1,10 +1,13 @@
 """Atomic outputs: stage next to the target, fsync, rename; a lock; resumable progress.
 
-A run writes into `.<name>.partial/` beside OUT. Each finished file is fsynced and
-recorded (with its sha256) in `progress.json` there. Only when everything, the
-index and the manifest last, is on disk does the staging dir become OUT, by one
-rename. A run killed at any point leaves either no OUT or a complete one;
-`--resume` picks up the recorded files after checking their hashes.
+A run works in `.<name>.partial/` beside OUT: the files go into `files/` there, each
+fsynced and recorded (with its sha256) in `progress.json` beside `files/`, never among
+them (a repository may hold a file of any name). Only when everything, the index and
+the manifest last, is on disk does `files/` become OUT, by one rename; the `lock` is
+held until that rename is done. A run killed at any point leaves either no OUT or a
+complete one; `--resume` picks up the recorded files after checking their hashes and
+that the source is unchanged (guard.fingerprint); a changed source starts over.
+Before anything is written, OUT is checked apart from every source (guard.check_apart).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from .. import __version__
 from .errors import BadInputError, LingConvertError, OutputBusyError, OutputExistsError, WriteFailedError
+from .guard import check_apart, fingerprint
 
-PROGRESS = "progress.json"
-LOCK = ".lock"
+PROGRESS = "progress.json"   # bookkeeping lives beside FILES in the staging dir, not inside it
+LOCK = "lock"
+FILES = "files"
 MANIFEST = "ling-convert.json"
+MAX_PROGRESS = 64 << 20   # a progress.json past this was not written by us: start over
 
 
 def fsync_path(path: Path) -> None:
@@ -58,6 +64,28 @@ def is_nonempty(path: Path) -> bool:
     return path.is_file() or any(path.iterdir())
 
 
+def remove(p: Path) -> None:
+    """Remove a file, a link (never what it points to) or a directory tree."""
+    if p.is_symlink() or not p.is_dir():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p)
+
+
+def unlink_symlinks(root: Path) -> None:
+    """Drop every symlink under `root` (a planted link must never be written through)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            if (Path(dirpath) / n).is_symlink():
+                (Path(dirpath) / n).unlink()
+
+
+def output_path(staged_file: Path) -> Path:
+    """Where a file in a staging dir (`.OUT.partial/files/NAME`) ends up: OUT/NAME (for error messages)."""
+    root = staged_file.parent.parent
+    return root.parent / root.name[1:].removesuffix(".partial") / staged_file.name
+
+
 def os_error(e: OSError, path: Path) -> LingConvertError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return WriteFailedError(f"no space left or file-size limit hit ({e.strerror})", path=path,
@@ -68,17 +96,20 @@ def os_error(e: OSError, path: Path) -> LingConvertError:
 class StagedOutput:
     """Context manager for one output (a directory, or a single file when `single_file`).
 
-        with StagedOutput(out, force=False, resume=False, plan_id="...") as st:
+        with StagedOutput(out, sources=[src_dir], force=False, resume=False, plan_id="...") as st:
             path = st.path("model.safetensors")        # write here, then
             st.done("model.safetensors", sha256)         # record it
             st.manifest({...})                           # last
     """
 
-    def __init__(self, out: str | Path, *, force: bool = False, resume: bool = False,
+    def __init__(self, out: str | Path, *, sources: Iterable[str | Path], force: bool = False, resume: bool = False,
                  plan_id: str = "", single_file: bool = False):
         self.out = Path(out)
         self.force, self.resume, self.plan_id, self.single_file = force, resume, plan_id, single_file
-        self.staging = self.out.parent / f".{self.out.name}.partial"
+        # What the run reads: OUT must stay apart from it, and --resume must see it unchanged.
+        self.sources = [Path(s) for s in sources]
+        self.root = self.out.parent / f".{self.out.name}.partial"
+        self.staging = self.root / FILES
         self.files: dict[str, str] = {}      # relpath -> sha256, in write order
         self.meta: dict[str, object] = {}    # relpath -> what a writer needs to reuse the file (e.g. offsets)
         self.partial: dict[str, object] = {}  # relpath -> durable checkpoint of a file still being written
@@ -86,6 +117,7 @@ class StagedOutput:
         self._resumed: dict[str, str] = {}
         self._resumed_meta: dict[str, object] = {}
         self._resumed_partial: dict[str, object] = {}
+        self.source_id = ""
         # Called with the staging dir when it is complete, just before the rename (e.g. file modes).
         self.before_swap: Callable[[Path], None] | None = None
 
@@ -106,45 +138,88 @@ class StagedOutput:
         return dict(self._resumed)
 
     def open(self) -> "StagedOutput":
-        """Check the output, create the staging dir and take its lock (what `with` does on entry)."""
-        if is_nonempty(self.out) and not self.force:
-            raise OutputExistsError("output already exists and is not empty", path=self.out,
-                                    fix="choose a new output path or pass --force to replace it")
+        """Check the output apart from its sources, create the staging dir and take its lock (`with` entry)."""
+        check_apart(self.out, self.sources)            # before anything is created or removed
         if not self.out.parent.exists():
             raise WriteFailedError("parent directory does not exist", path=self.out.parent,
                                    fix="create it first")
-        created = not self.staging.exists()
-        self.staging.mkdir(exist_ok=True)
-        self._take_lock(created)
-        self._load_progress()
+        created = self._take_lock(self._make_root())
+        try:
+            if is_nonempty(self.out) and not self.force:
+                raise OutputExistsError("output already exists and is not empty", path=self.out,
+                                        fix="choose a new output path or pass --force to replace it")
+            self.source_id = fingerprint(self.sources)
+            self._prepare_root()
+        except BaseException:
+            if created:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self._release_lock()
+            raise
         return self
 
     def close(self, exc: BaseException | None = None) -> bool:
         """Unlock; after a failure `exc` also clean up (what `with` does on exit)."""
-        self._release_lock()
         if exc is None:
+            self._release_lock()
             return False
         # Interrupted by the user: keep finished shards for --resume. Any error: leave nothing.
         if not isinstance(exc, KeyboardInterrupt):
-            shutil.rmtree(self.staging, ignore_errors=True)
+            shutil.rmtree(self.root, ignore_errors=True)
+        self._release_lock()
         if isinstance(exc, OSError):
             raise os_error(exc, self.out) from exc
         return False
 
-    def _take_lock(self, created: bool) -> None:
-        fd = os.open(self.staging / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    def _make_root(self) -> bool:
+        """Create the staging dir; True when this run created it. A link (or file) planted under its
+        name is removed itself, so nothing is ever written through it."""
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            self.root.unlink()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self.root.mkdir()
+            return True
+        except FileExistsError:
+            return False
+
+    def _take_lock(self, created: bool) -> bool:
+        """flock `lock` in the staging dir, held until OUT is in place. -> whether this run created the dir."""
+        lock = self.root / LOCK
+        for _ in range(50):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+            except FileNotFoundError:      # a run that just finished removed the staging dir
+                created = self._make_root() or created
+                continue
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                lock.unlink()              # a planted symlink: drop the link itself
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputBusyError("another ling-convert run is writing this output", path=self.out,
+                                      fix="wait for it to finish, or pick another output path") from None
+            # NOTE: the run we waited on may have removed its staging dir between our open and flock.
+            if _same_inode(lock, fd):
+                self._lock_fd = fd
+                return created
             os.close(fd)
-            raise OutputBusyError("another ling-convert run is writing this output", path=self.out,
-                                  fix="wait for it to finish, or pick another output path") from None
-        self._lock_fd = fd
-        if not created and not self.resume:
-            # A stale staging dir from a dead run: start clean (we hold the lock now).
-            for p in self.staging.iterdir():
+            created = self._make_root() or created
+        raise OutputBusyError("the output's lock keeps changing hands", path=self.out,
+                              fix="another run is starting and finishing on this output; retry later")
+
+    def _prepare_root(self) -> None:
+        """With the lock held: keep a killed run's files only for a --resume with the same plan and source."""
+        if self.resume:
+            unlink_symlinks(self.root)
+            self._load_progress()
+        if not self._resumed and not self._resumed_partial:
+            for p in self.root.iterdir():   # a dead run's files, or an older layout's
                 if p.name != LOCK:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    remove(p)
+        self.staging.mkdir(exist_ok=True)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -158,18 +233,19 @@ class StagedOutput:
         return p
 
     def _load_progress(self) -> None:
-        prog = self.staging / PROGRESS
-        if not (self.resume and prog.exists()):
-            return
+        prog = self.root / PROGRESS
         try:
+            if not prog.is_file() or prog.stat().st_size > MAX_PROGRESS:
+                return
             data = json.loads(prog.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return
-        if data.get("plan_id") != self.plan_id:
-            return  # different inputs or options: nothing is reusable
-        self._resumed = dict(data.get("files", {}))
-        self._resumed_meta = dict(data.get("meta", {}))
-        self._resumed_partial = dict(data.get("partial", {}))
+        if not isinstance(data, dict) or (data.get("plan_id"), data.get("source")) != (self.plan_id, self.source_id):
+            return  # different inputs or options, or the source changed since: start over
+        # progress.json is a file on disk like any input: anything but the shapes we write means "start over"
+        files, meta, partial = (data.get(k) if isinstance(data.get(k), dict) else {} for k in ("files", "meta", "partial"))
+        self._resumed = {k: v for k, v in files.items() if isinstance(v, str)}
+        self._resumed_meta, self._resumed_partial = meta, partial
 
     def reusable(self, rel: str) -> bool:
         """True when a resumed run already has `rel` with the recorded hash (its `meta` comes along)."""
@@ -204,8 +280,8 @@ class StagedOutput:
         return self._resumed_partial.get(rel)
 
     def _save_progress(self) -> None:
-        write_json_atomic(self.staging / PROGRESS, {"plan_id": self.plan_id, "files": self.files,
-                                                    "meta": self.meta, "partial": self.partial})
+        write_json_atomic(self.root / PROGRESS, {"plan_id": self.plan_id, "source": self.source_id,
+                                                 "files": self.files, "meta": self.meta, "partial": self.partial})
 
     def write_bytes(self, rel: str, data: bytes, mode: int | None = None) -> None:
         p = self.path(rel)
@@ -226,20 +302,27 @@ class StagedOutput:
         self.done(rel)
 
     # -- finish ----------------------------------------------------------------
-    def commit(self, manifest: dict, *, name: str = MANIFEST) -> Path:
-        """Write the manifest last (as `name`), then swap the staging dir into place."""
-        manifest = {"tool": "ling-convert", "version": __version__, **manifest,
-                    "files": dict(sorted(self.files.items()))}
+    def full_manifest(self, manifest: dict) -> dict:
+        return {"tool": "ling-convert", "version": __version__, **manifest, "files": dict(sorted(self.files.items()))}
+
+    def commit(self, manifest: dict, *, name: str | None = MANIFEST) -> Path:
+        """Write the manifest last (as `name`; None: not into OUT), then swap the staging dir into place."""
+        manifest = self.full_manifest(manifest)
         if self.single_file:
             return self._commit_file(manifest)
-        write_json_atomic(self.staging / name, manifest)
-        for name in (PROGRESS, LOCK):
-            (self.staging / name).unlink(missing_ok=True)
+        if name is not None:
+            write_json_atomic(self.staging / name, manifest)
         if self.before_swap is not None:
             self.before_swap(self.staging)
         fsync_path(self.staging)
         self._swap_into_place(self.staging, self.out)
+        self._finish()
         return self.out
+
+    def _finish(self) -> None:
+        """OUT is in place: drop the bookkeeping, and only then let the next run in."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._release_lock()
 
     def _commit_file(self, manifest: dict) -> Path:
         # A single-file output (GGUF): the file is renamed into place, the manifest beside it.
@@ -249,6 +332,8 @@ class StagedOutput:
         side = self.out.with_name(self.out.name + "." + MANIFEST)
         write_json_atomic(self.staging / MANIFEST, manifest)
         dsts = {rel: self.out if len(inner) == 1 else self.out.parent / rel for rel in inner}
+        for dst in dsts.values():
+            check_apart(dst, self.sources)
         # Every target is checked before the first rename (all of the set goes in, or none). One that
         # already holds exactly these bytes (a split a killed run renamed in before its first file)
         # may be replaced; any other existing file needs --force.
@@ -261,7 +346,7 @@ class StagedOutput:
         for rel in inner[1:] + inner[:1]:
             self._swap_into_place(self.staging / rel, dsts[rel], guard=rel not in same)
         self._swap_into_place(self.staging / MANIFEST, side, guard=False)   # a stale sidecar is ours to replace
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._finish()
         return self.out
 
     def _swap_into_place(self, src: Path, dst: Path, *, guard: bool = True) -> None:
@@ -273,13 +358,20 @@ class StagedOutput:
                                     fix="another run wrote it; choose a new output path or pass --force")
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
-            if old.exists():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            if old.exists() or old.is_symlink():
+                remove(old)
             os.replace(dst, old)
         os.replace(src, dst)
         fsync_path(dst.parent)
         if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            remove(old)
+
+
+def _same_inode(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _same_file(path: Path, sha: str) -> bool:

@@ -162,6 +162,12 @@ class Source:
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.infos.values())
 
+    def inputs(self) -> list[Path]:
+        """Every path this checkpoint is read from (its dir or file, aux files, --config-from): what a
+        writer must never overwrite."""
+        extra = [Path(self.notes["config_from"])] if isinstance(self.notes.get("config_from"), str) else []
+        return [Path(self.path), *map(Path, self.aux.values()), *extra]
+
     def derive(self, **changes) -> "Source":
         """A new Source sharing everything not named (used by converter edges)."""
         changes.setdefault("route", list(self.route))

@@ -74,7 +74,8 @@ def write_hf_dir(src: Source, out: str | Path, opts: WriteOptions, *, target: st
                  before_commit: Callable[[StagedOutput], dict | None] | None = None) -> Path:
     """Stream `src` into OUT as HF safetensors; atomic, resumable."""
     max_bytes = parse_size(opts.max_shard_size)
-    with StagedOutput(out, force=opts.force, resume=opts.resume, plan_id=plan_id(src, opts, target)) as staged:
+    with StagedOutput(out, sources=src.inputs(), force=opts.force, resume=opts.resume,
+                      plan_id=plan_id(src, opts, target)) as staged:
         files = write_tensors(staged, src, max_bytes, opts.progress)
         return finish_hf_dir(staged, src, files, target, config_name=config_name, extra_manifest=extra_manifest,
                              before_commit=before_commit)

@@ -13,11 +13,11 @@ backends keep them private and `scrub()` removes them from any error text.
 
 from __future__ import annotations
 
-from .base import (ALIASES, HUBS, HubBackend, RemoteFile, Snapshot, UploadOutcome, canonical_hub, check_repo_id,
-                   git_sha1, resolve_endpoint, resolve_token, scrub)
+from .base import (ALIASES, HUBS, HubBackend, RemoteFile, Snapshot, UploadOutcome, canonical_hub, check_commit,
+                   check_repo_id, git_sha1, resolve_endpoint, resolve_token, scrub)
 
-__all__ = ["ALIASES", "HUBS", "HubBackend", "RemoteFile", "Snapshot", "UploadOutcome", "canonical_hub", "check_repo_id",
-           "git_sha1", "quiet_clients", "quiet_modelscope", "resolve_endpoint", "resolve_token", "scrub"]
+__all__ = ["ALIASES", "HUBS", "HubBackend", "RemoteFile", "Snapshot", "UploadOutcome", "canonical_hub", "check_commit",
+           "check_repo_id", "git_sha1", "quiet_clients", "quiet_modelscope", "resolve_endpoint", "resolve_token", "scrub"]
 
 
 QUIET = False   # set by quiet_clients(); the ModelScope backend applies it when it loads its client
@@ -36,5 +36,6 @@ def quiet_modelscope() -> None:
     from modelscope.utils.logger import get_logger as ms_logger
     from modelscope_hub.utils.logger import get_logger as hub_logger
     # NOTE: both packages configure their loggers on first use, so this runs after import.
+    # CRITICAL: its retry warnings and per-file errors would break the CLI's one error line.
     for logger in (ms_logger(), hub_logger()):
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.CRITICAL)

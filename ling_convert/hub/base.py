@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..core.errors import BadInputError, UnsafePathError
+from ..core.errors import BadInputError, HubError, UnsafePathError
 
 # hub name -> (token env var, endpoint env var, default branch)
 HUBS = {
@@ -19,6 +19,7 @@ HUBS = {
 ALIASES = {"huggingface": "hf", "ms": "modelscope"}
 # owner/name, each part a plain name (the Hub's own rule is stricter; this refuses paths).
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_COMMIT_ID = re.compile(r"^[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Snapshot:
     revision: str
     commit: str | None
     files: tuple[RemoteFile, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        check_commit(self.commit, f"{self.hub}://{self.repo}")
 
     def by_path(self) -> dict[str, RemoteFile]:
         return {f.path: f for f in self.files}
@@ -82,6 +86,14 @@ def canonical_hub(hub: str) -> str:
     if name not in HUBS:
         raise BadInputError(f"unknown hub {hub!r}", fix="use --hub hf or --hub modelscope")
     return name
+
+
+def check_commit(commit, where: str) -> str | None:
+    """A commit id the hub answered with, accepted only as 40 hex digits: it names cache paths."""
+    if commit is not None and not (isinstance(commit, str) and _COMMIT_ID.match(commit)):
+        raise HubError(f"the hub answered with commit id {str(commit)[:60]!r}, not 40 hex digits; refused", path=where,
+                       fix="the endpoint is not a Hub or misbehaves; check HF_ENDPOINT / MODELSCOPE_ENDPOINT")
+    return commit
 
 
 def check_repo_id(repo: str) -> str:

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import BadInputError, HubError
-from .base import RemoteFile, Snapshot, UploadOutcome, scrub
+from .base import RemoteFile, Snapshot, UploadOutcome, check_commit, scrub
+from .capped import capped_downloads
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 
@@ -50,7 +51,7 @@ class HfBackend:
         from huggingface_hub.hf_api import RepoFile
         rev = revision or self.default_revision
         with self._errors(repo, rev):
-            commit = self._api.repo_info(repo, revision=rev).sha
+            commit = check_commit(self._api.repo_info(repo, revision=rev).sha, f"hf://{repo}")
             files = tuple(
                 RemoteFile(f.path, f.size, sha256=f.lfs.sha256 if f.lfs else None,
                            git_sha1=None if f.lfs else f.blob_id)
@@ -71,7 +72,8 @@ class HfBackend:
     def download(self, snap: Snapshot, paths: list[str], *, cache_dir: Path | None,
                  offline: bool) -> dict[str, Path]:
         from huggingface_hub import snapshot_download
-        with self._errors(snap.repo, snap.revision):
+        sizes = {f.path: f.size for f in snap.files}
+        with self._errors(snap.repo, snap.revision), capped_downloads(sizes, f"hf://{snap.repo}"):
             root = snapshot_download(
                 snap.repo, revision=snap.commit, allow_patterns=[glob.escape(p) for p in paths],
                 cache_dir=cache_dir, token=self._token, endpoint=self._endpoint,

@@ -13,7 +13,7 @@ import glob
 import io
 import re
 import sys
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from ..core.errors import BadInputError, HubError, UnsupportedError
@@ -102,7 +102,8 @@ class ModelScopeBackend:
     def download(self, snap: Snapshot, paths: list[str], *, cache_dir: Path | None,
                  offline: bool) -> dict[str, Path]:
         from modelscope import snapshot_download
-        with self._errors(snap.repo, snap.revision):
+        # Quiet: the client's per-file progress bars go to sys.stderr, whatever its log level.
+        with self._errors(snap.repo, snap.revision), redirect_stderr(io.StringIO()) if _quiet() else nullcontext():
             root = snapshot_download(model_id=snap.repo, revision=snap.commit or snap.revision,
                                      cache_dir=str(cache_dir) if cache_dir else None,
                                      allow_patterns=[glob.escape(p) for p in paths], token=self._token or "",
@@ -129,6 +130,10 @@ class ModelScopeBackend:
         except (E.NetworkError, E.ServerError, E.RateLimitError) as e:
             cls = HubUnreachable if isinstance(e, E.NetworkError) else HubTransient
             raise cls(self._line(e), path=where, fix="re-run; finished files are skipped") from None
+        except E.FileDownloadError as e:   # every file was tried: name the first that failed, and why
+            name, why = next(iter(e.failed_files.items()), (None, e))
+            raise HubTransient(self._line(why), path=f"{where}/{name}" if name else where,
+                               fix="re-run; finished files are skipped") from None
         except (E.FileIntegrityError, E.StorageError) as e:
             raise HubTransient(self._line(e), path=where, fix="re-run; finished files are skipped") from None
         except (E.HubError, ValueError, FileNotFoundError) as e:

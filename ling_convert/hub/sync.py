@@ -31,7 +31,7 @@ from .backends import get_backend
 from .base import HUBS, HubBackend, RemoteFile, Snapshot, canonical_hub, check_repo_id, git_sha1
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
-PULL_RECORD = ".ling-convert-pull.json"      # provenance of a pulled dir; never pushed
+PULL_RECORD = ".ling-convert-pull.json"      # suffix of a pulled dir's provenance record, kept beside it
 SKIP_DIRS = {".git", ".cache", ".ms_upload_cache"}
 ATTEMPTS = 3
 LINK_MIN_BYTES = 1 << 20
@@ -82,7 +82,7 @@ def local_files(folder: Path, include: list[str] | None, exclude: list[str] | No
         for name in sorted(names):
             p = Path(root) / name
             rel = p.relative_to(folder).as_posix()
-            if rel == PULL_RECORD or (include and not matches(rel, include)) or matches(rel, exclude):
+            if (include and not matches(rel, include)) or matches(rel, exclude):
                 continue
             contained(folder, rel, what="file", origin=folder)   # also resolves symlinks
             if p.is_file():
@@ -199,7 +199,7 @@ def pull(repo: str, out: str | Path, *, hub: str = "hf", revision: str | None = 
                              offline=offline)
     plan = hashlib.sha256(json.dumps([f.to_json() for f in wanted], sort_keys=True).encode()).hexdigest()[:32]
     result = PullResult(backend.hub, repo, snap.revision, snap.commit, out, offline=offline)
-    with StagedOutput(out, force=force, plan_id=plan) as staged:
+    with StagedOutput(out, sources=list(local.values()), force=force, plan_id=plan) as staged:
         for f in wanted:
             contained(staged.staging, f.path, what="hub listing entry", origin=origin)
             staged.done(f.path, _place_verified(backend, local[f.path], staged.path(f.path), f, origin))
@@ -207,10 +207,18 @@ def pull(repo: str, out: str | Path, *, hub: str = "hf", revision: str | None = 
             result.bytes += f.size
         # a partial pull (--include) checks what it got; a full one also checks nothing is missing
         result.manifest_checked = _check_manifests(staged, None if include else {f.path for f in snap.files}, origin)
-        staged.commit({"pulled_from": _provenance(snap), "offline": offline}, name=PULL_RECORD)
+        record = staged.full_manifest({"pulled_from": _provenance(snap), "offline": offline})
+        staged.commit({}, name=None)
+    # Beside OUT, written last: a repository may hold a file of any name, and OUT gets all of them.
+    write_json_atomic(pull_record(out), record)
     if not offline:
         _save_listing(snap)
     return result
+
+
+def pull_record(out: Path) -> Path:
+    """Where pull keeps the provenance of OUT: the file `OUT.ling-convert-pull.json` beside it."""
+    return out.with_name(out.name + PULL_RECORD)
 
 
 def _snapshot(backend: HubBackend, repo: str, revision: str | None) -> tuple[Snapshot, bool]:
@@ -330,8 +338,8 @@ def resolve_source(path: str | Path, *, token: str | None = None) -> tuple[Path,
         _save_listing(snap)      # so the same reference also resolves offline later
     key = snap.commit or _provenance(snap)["listing_sha256"]
     local = cache_root() / "sources" / hub / repo.replace("/", "--") / key
-    record = local / PULL_RECORD
-    if not record.is_file():
+    record = pull_record(local)
+    if not (record.is_file() and local.is_dir()):
         local.parent.mkdir(parents=True, exist_ok=True)
         pull(repo, local, hub=hub, revision=snap.commit or revision, token=token, force=True)
     prov = json.loads(record.read_text())["pulled_from"]

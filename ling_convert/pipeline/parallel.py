@@ -22,7 +22,7 @@ import torch
 from . import ConvertResult, prepare
 from ..core.errors import LingConvertError
 from ..formats import safetensors as st
-from ..core.output import StagedOutput, os_error, sha256_file
+from ..core.output import StagedOutput, os_error, output_path, sha256_file
 from ..formats.writer import WriteOptions, finish_hf_dir, plan_id
 
 HF_TARGETS = ("safetensors", "fp8")   # targets whose writer is writer.write_hf_dir
@@ -68,8 +68,7 @@ def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
     except LingConvertError as e:
         return _as_data(e)
     except OSError as e:      # disk full or file-size limit in a worker: the one-line error of a 1-process run
-        out = p.parent.parent / p.parent.name[1:].removesuffix(".partial")    # staging is .OUT.partial
-        return _as_data(os_error(e, out / p.name))
+        return _as_data(os_error(e, output_path(p)))
 
 
 def _write_mine(tasks: list[tuple], init_args: tuple, workers: int, progress, on_done) -> dict[str, tuple]:
@@ -142,7 +141,7 @@ def convert_parallel(src, out, *, to: str, options: dict, from_format: str | Non
     mine = [i for i in range(len(plan)) if i % size == rank]
     if progress is not None and hasattr(progress, "start"):
         progress.start(sum(lazy.infos[n].nbytes for i in mine for n in plan[i]))
-    staged = StagedOutput(out, force=force, resume=resume, plan_id=pid)
+    staged = StagedOutput(out, sources=lazy.inputs(), force=force, resume=resume, plan_id=pid)
     staging, resumed = _open_staging(group, staged)
     try:
         tasks = [(names[i], str(staging / names[i]), plan[i], resumed.get(names[i]),

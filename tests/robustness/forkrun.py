@@ -10,7 +10,8 @@ run. Each child is the real CLI: its own process group, fds 1/2 redirected to fi
                  chmods, copies: every tensor read opens its file, so points fall inside
                  shard writes as well as between files);
   count=True     count those events and report the total (for choosing kill points);
-  hold=k|"event" pause the child at the k-th event (or the first event of that name, e.g. "os.mkdir")
+  hold=k|"event" pause the child at the k-th event (or the first event of that name, e.g. "os.mkdir";
+                 "os.rename@out": the first whose source or destination path ends with "out")
                  until `release(pid)`; `held(pid)` waits until it is paused there;
   fsize=n        RLIMIT_FSIZE n bytes with SIGXFSZ ignored (writes then fail with EFBIG);
   env={...}      extra environment variables.
@@ -79,7 +80,9 @@ def child(req):
                 seen[0] += 1
                 if kill_at is not None and seen[0] >= kill_at:
                     os.killpg(0, signal.SIGKILL)
-                if hold is not None and not done[0] and (seen[0] == hold or event == hold) and os.getpid() == me:
+                at = event == hold or (isinstance(hold, str) and "@" in hold and event == hold.split("@")[0]
+                                       and any(str(a).endswith(hold.split("@", 1)[1]) for a in args[:2]))
+                if hold is not None and not done[0] and (seen[0] == hold or at) and os.getpid() == me:
                     done[0] = True
                     pause(event)
         me, done = os.getpid(), [False]
@@ -110,8 +113,8 @@ for line in proto_in:
                 os._exit(97)
         reply = {"pid": pid}
     else:
-        _, status = os.waitpid(req["pid"], 0)
-        reply = {"rc": os.waitstatus_to_exitcode(status)}
+        _, status, usage = os.wait4(req["pid"], 0)
+        reply = {"rc": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}
     proto_out.write(json.dumps(reply) + "\n")
     proto_out.flush()
 '''
@@ -123,6 +126,7 @@ class Result:
     stdout: str
     stderr: str
     events: int | None       # file-system events counted (count=True or kill_at)
+    maxrss_mb: float = 0.0   # peak resident memory of the run (pages shared with the zygote included)
 
     @property
     def lines(self) -> list[str]:
@@ -171,11 +175,13 @@ class Zygote:
         Path(self._prefix[pid] + ".release").touch()
 
     def wait(self, pid: int) -> Result:
-        rc = self._ask({"op": "wait", "pid": pid})["rc"]
+        reply = self._ask({"op": "wait", "pid": pid})
+        rc = reply["rc"]
         prefix = Path(self._prefix.pop(pid))
         read = lambda ext: Path(f"{prefix}.{ext}").read_text(errors="replace") if Path(f"{prefix}.{ext}").exists() else ""  # noqa: E731
         ev = read("events")
-        return Result(rc, read("stdout"), read("stderr"), int(ev) if ev.strip() else None)
+        return Result(rc, read("stdout"), read("stderr"), int(ev) if ev.strip() else None,
+                      reply.get("maxrss_kb", 0) / 1024)
 
     def run(self, *argv, **kw) -> Result:
         return self.wait(self.start(*argv, **kw))

@@ -54,15 +54,17 @@ def test_second_run_refused_while_first_writes(src, tmp_path, zygote, reference,
 
 
 def test_output_appearing_before_the_lock_is_not_replaced(src, tmp_path, zygote, reference):
-    """The second run checked "OUT is empty", then the first committed OUT: the second must not
-    swap its own result over OUT (that needs --force)."""
+    """The second run started, then the first committed OUT before the second took the lock: the second
+    must not swap its own result over OUT (that needs --force). It sees OUT under the lock and refuses."""
     want, _ = reference
     second = zygote.start("to-mindie", "lite", write_tiny(tmp_path / "lite", "ling-lite"), "out", hold="os.mkdir",
                           cwd=tmp_path)
-    assert zygote.held(second) == "os.mkdir"          # past the emptiness check, before its staging dir
+    assert zygote.held(second) == "os.mkdir"          # before its staging dir and lock
     first = zygote.run("bin2st", src, "out", *SHARD, cwd=tmp_path)
     assert first.rc == 0, first.stderr
     zygote.release(second)
-    _one_line(zygote.wait(second), "output appeared while this run was writing")
+    r = zygote.wait(second)
+    _one_line(r)
+    assert "output already exists" in r.lines[0] or "output appeared while this run was writing" in r.lines[0]
     assert output_files(tmp_path / "out") == want
     assert not (tmp_path / ".out.partial").exists()

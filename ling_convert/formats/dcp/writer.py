@@ -192,7 +192,8 @@ def write_dcp(src: Source, out: Path, opts) -> Path:
     """Write `src` (Megatron names) as a Megatron torch_dist DCP dir; atomic, resumable per .distcp file."""
     from ...core.output import StagedOutput
     files = plan_files(plan_items(src), parse_size(opts.max_shard_size))
-    with StagedOutput(out, force=opts.force, resume=opts.resume, plan_id=plan_id(src, opts, "dcp")) as staged:
+    with StagedOutput(out, sources=src.inputs(), force=opts.force, resume=opts.resume,
+                      plan_id=plan_id(src, opts, "dcp")) as staged:
         placed = []
         for n, items in enumerate(files):
             fname = f"__0_{n}.distcp"

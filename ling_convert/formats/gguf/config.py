@@ -21,6 +21,7 @@ import numpy as np
 
 from ...model.config_rewrite import diff, normalize_rope_scaling
 from ...core.errors import BadInputError, CorruptFileError, LingConvertError, UnsupportedError, VerificationError
+from ...core.guard import in_place_target
 from ...core.output import MANIFEST, StagedOutput
 
 ARCH_KEY = "general.architecture"
@@ -261,7 +262,7 @@ def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | N
     embedded = _embedded_config(kv, transform, path)
     if embedded:
         changes += diff(*embedded, prefix=HF_CONFIG_KEY)
-    target = path if in_place else Path(out)
+    target = in_place_target(path, path.parent) if in_place else Path(out)
     result = {"kind": "gguf", "path": str(path), "output": str(target), "changes": {path.name: changes},
               "changed": bool(changes)}
     if in_place and not changes:
@@ -272,7 +273,8 @@ def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | N
         sets[HF_CONFIG_KEY] = (json.dumps(embedded[1], sort_keys=True), T.STRING)
     plan = _plan(kv, sets, drops, arch)
     old = _sidecar(path)
-    with StagedOutput(target, force=force or in_place, single_file=True) as st:
+    # In place, the file is both source and output: that is the request, nothing to guard.
+    with StagedOutput(target, sources=[] if in_place else [path], force=force or in_place, single_file=True) as st:
         dst = st.path(target.name)
         _write(reader, arch, plan, dst)
         _verify(reader, dst, plan)

@@ -316,7 +316,7 @@ def write_gguf(src: Source, out: Path, opts) -> Path:
                                 f"{out.stem}-*-of-*.gguf)", path=old[0],
                                 fix="choose a new output path or pass --force to replace them")
     from ..writer import plan_id
-    with StagedOutput(out, force=opts.force, single_file=True, resume=opts.resume,
+    with StagedOutput(out, sources=src.inputs(), force=opts.force, single_file=True, resume=opts.resume,
                       plan_id=plan_id(src, opts, "gguf")) as staged:
         prev = set_aside(staged, names)
         try:
