@@ -1,4 +1,5 @@
-"""What a run reads is never what it writes: output/source overlap checks and source fingerprints.
+"""What a run reads is never what it writes: output/source overlap checks, source fingerprints, and
+removals that never follow a link.
 
 `check_apart(out, sources)` refuses an output that is a source, lies inside one, or holds one,
 compared after resolving symlinks on both sides (`--force` cannot override it). `fingerprint`
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -93,3 +95,27 @@ def in_place_target(p: Path, root: Path) -> Path:
     from .errors import UnsafePathError
     raise UnsafePathError(f"is a symlink to {real}, outside the checkpoint directory; not rewritten in place",
                           path=p, fix="use --out OUT to write a copy, or replace the link with a copy of the file")
+
+
+def remove(p: Path) -> None:
+    """Remove a file, a link (never what it points to) or a directory tree."""
+    if p.is_symlink() or not p.is_dir():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p)
+
+
+def unlink_symlinks(root: Path) -> None:
+    """Drop every symlink under `root` (a planted link must never be written through)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            if (Path(dirpath) / n).is_symlink():
+                (Path(dirpath) / n).unlink()
+
+
+def same_inode(path: Path, fd: int) -> bool:
+    """Does `path` (not followed) still name the file open as `fd`?"""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

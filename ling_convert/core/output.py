@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 from .. import __version__
 from .errors import BadInputError, LingConvertError, OutputBusyError, OutputExistsError, WriteFailedError
-from .guard import check_apart, fingerprint
+from .guard import check_apart, fingerprint, remove, same_inode, unlink_symlinks
 
 PROGRESS = "progress.json"   # bookkeeping lives beside FILES in the staging dir, not inside it
 LOCK = "lock"
@@ -62,22 +62,6 @@ def is_nonempty(path: Path) -> bool:
     if not path.exists():
         return False
     return path.is_file() or any(path.iterdir())
-
-
-def remove(p: Path) -> None:
-    """Remove a file, a link (never what it points to) or a directory tree."""
-    if p.is_symlink() or not p.is_dir():
-        p.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(p)
-
-
-def unlink_symlinks(root: Path) -> None:
-    """Drop every symlink under `root` (a planted link must never be written through)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            if (Path(dirpath) / n).is_symlink():
-                (Path(dirpath) / n).unlink()
 
 
 def output_path(staged_file: Path) -> Path:
@@ -202,7 +186,7 @@ class StagedOutput:
                 raise OutputBusyError("another ling-convert run is writing this output", path=self.out,
                                       fix="wait for it to finish, or pick another output path") from None
             # NOTE: the run we waited on may have removed its staging dir between our open and flock.
-            if _same_inode(lock, fd):
+            if same_inode(lock, fd):
                 self._lock_fd = fd
                 return created
             os.close(fd)
@@ -365,13 +349,6 @@ class StagedOutput:
         fsync_path(dst.parent)
         if old is not None:
             remove(old)
-
-
-def _same_inode(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
 
 
 def _same_file(path: Path, sha: str) -> bool:
