@@ -40,7 +40,7 @@ def open_toy(path: Path) -> Source:
 
 def write_toy(src: Source, out: Path, opts) -> Path:
     index = {}
-    with StagedOutput(out, force=opts.force) as staged:
+    with StagedOutput(out, sources=src.inputs(), force=opts.force) as staged:
         for i, name in enumerate(src.keys()):
             t = src.load(name).contiguous()
             staged.write_bytes(f"{i}.raw", t.reshape(-1).view(torch.uint8).numpy().tobytes())
