@@ -94,14 +94,14 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
 
 # -- DCP (dcp2st / st2dcp) ---------------------------------------------------------------
 
-def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, workers: int = 1,
+def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, workers: int | None = None,
               max_shard_size="5GB", vocab_size: int | None = None, config_from=None, tokenizer_dir=None,
               allow_unmapped: bool = False, force: bool = False, resume: bool = False, dry_run: bool = False,
               progress=None, fp8_options: dict | None = None) -> ConvertResult:
     """Megatron torch_dist DCP -> HF safetensors (bf16 or, with `force_fp8`, block FP8)."""
     if force_bf16 and force_fp8:
         raise BadInputError("--force-bf16 and --force-fp8 exclude each other", fix="pass one of them")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
     to = "fp8" if force_fp8 else "safetensors"
     # FP8 output keeps unquantised tensors in bf16 (norms, router, embeddings), expert_bias in fp32.
@@ -111,12 +111,10 @@ def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, wo
     options = {k: v for k, v in options.items() if v not in (None, False)}
     _, size = world()
     try:        # the route is planned once, inside the pipeline; a missing fp8 edge surfaces there
-        if dry_run or (workers <= 1 and size <= 1) or to not in HF_TARGETS:
-            if force_fp8:
-                options["workers"] = workers      # the quantize edge runs its kernel in a pool of its own
+        if dry_run or size <= 1 or to not in HF_TARGETS:     # one process: its writer fills shards with `workers`
             return convert(src, out, to=to, from_format="dcp", max_shard_size=max_shard_size, force=force,
-                           resume=resume, dry_run=dry_run, options=options, progress=progress)
-        return convert_parallel(src, out, to=to, options=options, from_format="dcp", workers=workers,
+                           resume=resume, dry_run=dry_run, options=options, progress=progress, workers=workers)
+        return convert_parallel(src, out, to=to, options=options, from_format="dcp", workers=workers or 1,
                                 max_shard_size=max_shard_size, force=force, resume=resume, progress=progress)
     except RouteNotFoundError:
         if not force_fp8:
@@ -172,7 +170,7 @@ def dequantize_checkpoint(src, out, *, dtype: str | None = None, workers: int | 
 def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
                  no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
                  from_format: str | None = None, llama_defaults: bool = False, resume: bool = False,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, workers: int | None = None):
     """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
     # NOTE: refuse llama.cpp-less architectures before anything else reads the checkpoint.
     if Path(src).exists():
@@ -180,7 +178,7 @@ def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", spl
     opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
             "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
     return convert(src, out, to="gguf", from_format=from_format, force=force, resume=resume, progress=progress,
-                       options={k: v for k, v in opts.items() if v is not None})
+                   options={k: v for k, v in opts.items() if v is not None}, workers=workers)
 
 
 def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,

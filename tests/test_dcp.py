@@ -353,11 +353,10 @@ def test_error_types_from_api(tmp_path):
 def test_interrupted_parallel_run_resumes(tmp_path, hf, v2_tp):
     kw = {"tokenizer_dir": hf[V2], "max_shard_size": "60KB"}
     dcp_to_hf(v2_tp, tmp_path / "ref", **kw)
-    seen = []
+    recorded = tmp_path / ".out.partial" / "progress.json"
 
-    def stop_after_two_shards(n):
-        seen.append(n)
-        if len(seen) == 2:
+    def stop_after_two_shards(n):     # called per piece written: stop once two shards are recorded
+        if recorded.exists() and len(json.loads(recorded.read_text())["files"]) >= 2:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         dcp_to_hf(v2_tp, tmp_path / "out", workers=2, progress=stop_after_two_shards, **kw)

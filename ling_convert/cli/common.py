@@ -19,6 +19,9 @@ MaxShardOpt = Annotated[str, typer.Option("--max-shard-size", help="Shard byte b
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 FromOpt = Annotated[Optional[str], typer.Option("--from", help="Source format (default: detected).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print route and shard plan; read no tensor data.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Processes filling each output file (default: cores available, capped by memory). "
+                      "Output bytes do not depend on it.")]
 
 # Wide enough for the demo table when output is piped (rich assumes 80 columns then).
 out = Console(width=None if sys.stdout.isatty() else 140)
@@ -62,6 +65,11 @@ def byte_progress(label: str, quiet: bool = False):
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
         yield _Bar(bar, label)
+
+
+def workers_line(r) -> str:
+    """How many processes fill each output file, and what set the number."""
+    return f"workers: {r.workers} ({r.workers_why})"
 
 
 def print_shard_plan(shards: list[dict]) -> None:

@@ -10,20 +10,20 @@ from rich.table import Table
 
 from .. import api
 from . import app
-from .common import (DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
-                     byte_progress, emit_json, human_bytes, out, print_shard_plan)
+from .common import (DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
+                     byte_progress, emit_json, human_bytes, out, print_shard_plan, workers_line)
 
 
 def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
-                 as_json, options=None):
+                 as_json, options=None, workers=None):
     if dry_run:
         r = api.convert(src, dst, to=to, from_format=from_format, max_shard_size=max_shard_size, dry_run=True,
-                        options=options)
+                        options=options, workers=workers)
         _print_result(r, as_json)
         return r
     with byte_progress(f"writing {to}", quiet=as_json) as prog:
         r = api.convert(src, dst, to=to, from_format=from_format, max_shard_size=max_shard_size, force=force,
-                        resume=resume, options=options, progress=prog)
+                        resume=resume, options=options, progress=prog, workers=workers)
     _print_result(r, as_json)
     return r
 
@@ -35,6 +35,7 @@ def _print_result(r: api.ConvertResult, as_json: bool) -> None:
     route = " -> ".join([r.source_format, *r.route]) if r.route else r.source_format
     out.print(f"route: {route} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    out.print(workers_line(r))
     if r.dry_run:
         print_shard_plan(r.shards)
     else:
@@ -45,18 +46,20 @@ def _print_result(r: api.ConvertResult, as_json: bool) -> None:
 def convert(src: SrcArg, dst: OutArg,
             to: Annotated[str, typer.Option("--to", help="Target format (see `ling-convert formats`).")] = "safetensors",
             from_format: FromOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
-            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+            workers: WorkersOpt = None):
     """Convert SRC to format --to; the route planner finds the chain of converters."""
     _run_convert(src, dst, to, from_format=from_format, max_shard_size=max_shard_size, force=force,
-                 resume=resume, dry_run=dry_run, as_json=as_json)
+                 resume=resume, dry_run=dry_run, as_json=as_json, workers=workers)
 
 
 @app.command()
 def bin2st(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
-           resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
+           resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+           workers: WorkersOpt = None):
     """HF .bin -> HF safetensors (bit-exact, streamed, sharded)."""
     _run_convert(src, dst, "safetensors", from_format="bin", max_shard_size=max_shard_size, force=force,
-                 resume=resume, dry_run=dry_run, as_json=as_json)
+                 resume=resume, dry_run=dry_run, as_json=as_json, workers=workers)
 
 
 @app.command()

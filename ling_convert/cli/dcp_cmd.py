@@ -10,14 +10,11 @@ import typer
 
 from ..api import dcp_to_hf, hf_to_dcp, world
 from . import app
-from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
-                     emit_json, err, human_bytes, out)
+from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
+                     byte_progress, emit_json, err, human_bytes, out, workers_line)
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
 Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
-WorkersOpt = Annotated[int, typer.Option(
-    "--workers", help="Processes writing shards on this machine; output bytes do not depend on it. Under torchrun "
-                      "the ranks split the shards as well.")]
 VocabOpt = Annotated[Optional[int], typer.Option(
     "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
 ConfigFromOpt = Annotated[Optional[Path], typer.Option(
@@ -40,6 +37,7 @@ def _report(r, as_json: bool) -> None:
         return
     out.print(f"route: {' -> '.join([r.source_format, *r.route])} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    out.print(workers_line(r))
     if r.dry_run:
         for s in r.shards:
             out.print(f"  {s['file']}: {s['tensors']} tensors, {human_bytes(s['bytes'])}")
@@ -48,7 +46,7 @@ def _report(r, as_json: bool) -> None:
 
 @app.command()
 def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8Opt = False,
-           workers: WorkersOpt = 1, max_shard_size: MaxShardOpt = "5GB", vocab_size: VocabOpt = None,
+           workers: WorkersOpt = None, max_shard_size: MaxShardOpt = "5GB", vocab_size: VocabOpt = None,
            config_from: ConfigFromOpt = None, tokenizer_dir: TokDirOpt = None, allow_unmapped: UnmappedOpt = False,
            force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""

@@ -9,8 +9,8 @@ import typer
 
 from ..api import FP8LoadWarning, dequantize_checkpoint, quantize_checkpoint
 from . import app
-from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress,
-                     err, human_bytes, out, emit_json)
+from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
+                     byte_progress, err, human_bytes, out, emit_json, workers_line)
 
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Quantisation scheme (fp8-block).")]
 BlockOpt = Annotated[int, typer.Option("--block-size", help="Square block edge for scales (vLLM/SGLang: 128).")]
@@ -18,8 +18,6 @@ ScaleFmtOpt = Annotated[str, typer.Option(
     "--scale-fmt", help="float: exact amax/448 scales; ue8m0: every scale a power of two (config scale_fmt); "
                         "ling: powers of two where Ling's recipe uses them (attention.dense, experts' gate/up).")]
 TpOpt = Annotated[Optional[int], typer.Option("--tp", help="Target tensor-parallel degree to check shapes for.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="Worker processes (default: one per CPU for large models). Output bytes do not depend on it.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="Output dtype: bfloat16, float16 or float32 (default: config torch_dtype).")]
 
@@ -36,6 +34,7 @@ def _run(fn, src, dst, label: str, *, as_json: bool, dry_run: bool, **kw):
         return
     out.print(f"route: {' -> '.join([r.source_format, *r.route])} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    out.print(workers_line(r))
     out.print("dry run: no tensor data read, nothing written" if r.dry_run else f"wrote {r.output}")
     for n in notes:
         err.print(f"warning: {n}", markup=False, highlight=False, soft_wrap=True)

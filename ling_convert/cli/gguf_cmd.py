@@ -9,7 +9,8 @@ import typer
 
 from ..api import from_gguf_file, to_gguf_file
 from . import app
-from .common import ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, byte_progress, emit_json, human_bytes, out
+from .common import (ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
+                     emit_json, human_bytes, out, workers_line)
 
 OuttypeOpt = Annotated[str, typer.Option(
     "--outtype", help="auto (the source dtype), f32, f16, bf16, q8_0 or q4_0. Norms, router and biases stay F32; "
@@ -35,6 +36,7 @@ def _render(r, as_json: bool) -> None:
         return
     out.print(f"route: {' -> '.join([r.source_format, *r.route])} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
+    out.print(workers_line(r))
     out.print(f"wrote {r.output}")
 
 
@@ -42,12 +44,12 @@ def _render(r, as_json: bool) -> None:
 def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_size: SplitOpt = None,
             no_mtp: NoMtpOpt = False, tokenizer_dir: TokDirOpt = None, from_format: FromOpt = None,
             llama_defaults: LlamaDefaultsOpt = False, force: ForceOpt = False, resume: ResumeOpt = False,
-            as_json: JsonOpt = False):
+            as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Ling checkpoint (any format, or a GGUF to re-quantise) -> llama.cpp GGUF (bailingmoe / bailingmoe2)."""
     with byte_progress("to-gguf", quiet=as_json) as prog:
         r = to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
                          tokenizer_dir=tokenizer_dir, from_format=from_format, llama_defaults=llama_defaults,
-                         force=force, resume=resume, progress=prog)
+                         force=force, resume=resume, progress=prog, workers=workers)
     _render(r, as_json)
 
 

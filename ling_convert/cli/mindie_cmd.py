@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, err, out
+from .common import DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, err, out
 from .core import _run_convert
 
 VariantArg = Annotated[str, typer.Argument(help="MindIE variant: lite (Ling-lite, 1 node) or plus (Ling-plus, multi-node).")]
@@ -33,7 +33,7 @@ def to_mindie(variant: VariantArg, src: SrcArg, dst: OutArg, base: BaseOpt = Fal
               device_ips: DevIpsOpt = None, rank_table: RankTableOpt = None, target_dir: TargetOpt = None,
               fold_norm_head: FoldOpt = False, from_format: FromOpt = None, max_shard_size: MaxShardOpt = "5GB",
               force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False,
-              as_json: JsonOpt = False):
+              as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Any Ling v1 checkpoint -> MindIE model dir + service config (+ rank table), in one step."""
     options = {"variant": variant, "base": base, "world_size": world_size, "npu_ids": npu_ids,
                "max_seq_len": max_seq_len, "port": port, "servers": servers, "device_ips": device_ips,
@@ -41,7 +41,7 @@ def to_mindie(variant: VariantArg, src: SrcArg, dst: OutArg, base: BaseOpt = Fal
                "fold_norm_head": fold_norm_head}
     options = {k: v for k, v in options.items() if v not in (None, False)}
     r = _run_convert(src, dst, "mindie", from_format=from_format, max_shard_size=max_shard_size, force=force,
-                     resume=resume, dry_run=dry_run, as_json=as_json, options=options)
+                     resume=resume, dry_run=dry_run, as_json=as_json, options=options, workers=workers)
     if not dry_run and not as_json:
         _print_notes(Path(r.output))
 

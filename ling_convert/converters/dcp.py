@@ -92,6 +92,7 @@ def _output(inst: _Instance, i: int, dtype: torch.dtype) -> Callable[[], torch.T
     def thunk():
         t = inst.outputs()[i]
         return t if t.dtype == dtype else t.to(dtype)
+    thunk.group = id(inst)      # a parallel writer gives one worker all outputs of one read (Source.group)
     return thunk
 
 

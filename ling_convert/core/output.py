@@ -151,8 +151,15 @@ class StagedOutput:
             shutil.rmtree(self.root, ignore_errors=True)
         self._release_lock()
         if isinstance(exc, OSError):
-            raise os_error(exc, self.out) from exc
+            raise os_error(exc, self._named(exc)) from exc
         return False
+
+    def _named(self, exc: OSError) -> Path:
+        """The output file a failed write was for (a staged file under its final name), else OUT."""
+        failed = Path(os.fsdecode(exc.filename)) if exc.filename else None
+        if failed is None or failed.parent != self.staging or self.single_file:
+            return self.out
+        return self.out / failed.name.removesuffix(".tmp")
 
     def _make_root(self) -> bool:
         """Create the staging dir; True when this run created it. A link (or file) planted under its

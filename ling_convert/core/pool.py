@@ -294,6 +294,10 @@ class PrefetchThunk:
     def place(self, path, offset: int, info: TensorInfo) -> None:
         self.pre.place(self.name, self.part, path, offset, info)
 
+    @property
+    def group(self) -> tuple[int, str]:
+        return id(self.pre), self.name
+
 
 def _shutdown(pool: ProcessPoolExecutor, futures: dict, spill: str | None) -> None:
     futures.clear()

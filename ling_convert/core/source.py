@@ -146,6 +146,11 @@ class Source:
         if fn is not None:
             fn(path, offset, self.infos[name])
 
+    def group(self, name: str):
+        """A key shared by the tensors one computation makes together (an FP8 weight and its scale), or
+        None. A parallel writer gives such tensors to one worker, which computes them once."""
+        return getattr(self.thunks[name], "group", None)
+
     def raw_range(self, name: str) -> RawRange | None:
         """The tensor's stored bytes, when its thunk reads them unchanged; else None.
 

@@ -27,6 +27,7 @@ class WriteOptions:
     force: bool = False
     resume: bool = False
     progress: Callable[[int], None] | None = field(default=None, compare=False)
+    workers: int = field(default=1, compare=False)     # processes filling each file; bytes do not depend on it
     extra: dict = field(default_factory=dict, compare=False)   # target-specific options
 
 
@@ -76,7 +77,7 @@ def write_hf_dir(src: Source, out: str | Path, opts: WriteOptions, *, target: st
     max_bytes = parse_size(opts.max_shard_size)
     with StagedOutput(out, sources=src.inputs(), force=opts.force, resume=opts.resume,
                       plan_id=plan_id(src, opts, target)) as staged:
-        files = write_tensors(staged, src, max_bytes, opts.progress)
+        files = write_tensors(staged, src, max_bytes, opts.progress, opts.workers)
         return finish_hf_dir(staged, src, files, target, config_name=config_name, extra_manifest=extra_manifest,
                              before_commit=before_commit)
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..converters import apply_route, check_options, plan_route
-from ..core.errors import ConfigSchemaError, UnknownTensorError, UnsupportedError
+from ..converters import apply_route, check_options, option_names, plan_route
+from ..core.errors import BadInputError, ConfigSchemaError, UnknownTensorError, UnsupportedError
+from ..core.fill import auto_workers
 from ..core.output import parse_size
 from ..core.source import Source
 from ..formats import aux_files, detect_format, get_format, open_source, read_config
@@ -34,6 +35,8 @@ class ConvertResult:
     bytes: int
     shards: list[dict] = field(default_factory=list)
     dry_run: bool = False
+    workers: int = 1
+    workers_why: str = "one process"       # what set the number of worker processes (cores, memory, --workers)
 
 
 def open_checkpoint(path: str | Path, fmt: str | None = None) -> Source:
@@ -79,22 +82,47 @@ def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
 def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_format: str | None = None,
             max_shard_size: str | int = DEFAULT_SHARD, force: bool = False, resume: bool = False,
             dry_run: bool = False, options: dict | None = None,
-            progress: Callable[[int], None] | None = None) -> ConvertResult:
-    """Convert any supported checkpoint to format `to` (route found by the planner)."""
+            progress: Callable[[int], None] | None = None, workers: int | None = None) -> ConvertResult:
+    """Convert any supported checkpoint to format `to` (route found by the planner).
+
+    `workers`: processes filling each output file (None: `core.fill.auto_workers`); bytes do not depend on it."""
     src, hub_source = resolve_source(src)   # hf://org/name[@rev], ms://...: pulled and verified first
-    lazy, route = prepare(src, to, from_format=from_format, options=options)   # detects the format once
+    options = dict(options or {})
+    given = options.pop("workers", None)
+    lazy, route = prepare(src, to, from_format=from_format, options=_one_process_edges(src, to, from_format, options))
     if hub_source:
         lazy.notes["hub_source"] = hub_source   # repo, revision and commit go into the manifest
     return execute(lazy, route, out, to=to, max_shard_size=max_shard_size, force=force, resume=resume,
-                   dry_run=dry_run, options=options, progress=progress)
+                   dry_run=dry_run, options=options, progress=progress,
+                   workers=resolve_workers(workers if workers is not None else given, lazy))
+
+
+def _one_process_edges(src, to: str, from_format: str | None, options: dict) -> dict:
+    """The options with `workers: 1` for every edge that reads it: the writer's processes run the edges'
+    work, and an edge starting a pool of its own would oversubscribe the cores."""
+    fmt = from_format or detect_format(src).name
+    if any("workers" in option_names(e.options) for e in plan_route(fmt, to)):
+        return {**options, "workers": 1}
+    return options
+
+
+def resolve_workers(workers: int | None, lazy: Source) -> tuple[int, str]:
+    """--workers N as given, else `core.fill.auto_workers` from the output's tensor sizes. -> (n, why)."""
+    if workers is None:
+        return auto_workers(i.nbytes for i in lazy.infos.values())
+    if int(workers) < 1:
+        raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
+    return int(workers), "--workers"
 
 
 def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_size: str | int = DEFAULT_SHARD,
             force: bool = False, resume: bool = False, dry_run: bool = False, options: dict | None = None,
-            progress: Callable[[int], None] | None = None) -> ConvertResult:
-    """Write a prepared (lazy, routed) source with the target's writer, or plan its shards (`dry_run`)."""
+            progress: Callable[[int], None] | None = None, workers: tuple[int, str] = (1, "one process")
+            ) -> ConvertResult:
+    """Write a prepared (lazy, routed) source with the target's writer, or plan its shards (`dry_run`).
+    `workers`: (processes filling each output file, what set the number)."""
     result = ConvertResult(None, [e.name for e in route], lazy.source_format, to, len(lazy.infos), lazy.total_bytes,
-                           dry_run=dry_run)
+                           dry_run=dry_run, workers=workers[0], workers_why=workers[1])
     if dry_run:
         result.shards = [{"file": f, "tensors": len(t), "bytes": b}
                          for f, t, b in iter_shard_plan(lazy, parse_size(max_shard_size))]
@@ -105,6 +133,6 @@ def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_si
     if progress is not None and hasattr(progress, "start"):
         progress.start(lazy.total_bytes)
     opts = WriteOptions(max_shard_size=max_shard_size, force=force, resume=resume, progress=progress,
-                        extra=dict(options or {}))
+                        extra=dict(options or {}), workers=workers[0])
     result.output = Path(target.write(lazy, Path(out), opts))
     return result

@@ -38,6 +38,8 @@ from .meta import (
     table_for_config,
     tokenizer_dir,
 )
+from . import fill as gguf_fill
+from .encode import CHUNK_ELEMS, encoded_rows, part_thunks
 from .reader import QT, SPLIT_RE, _reader
 from .table import group_names, rules
 
@@ -51,7 +53,6 @@ class GgufOptions:
     llama_defaults: bool = False
     tokenizer_dir: str | None = None
 
-CHUNK_ELEMS = 1 << 24   # rows converted at once: bounds quantisation temporaries (~64 MB of float32)
 CHECKPOINT_BYTES = 1 << 30   # written between durable checkpoints a killed run can --resume from
 
 
@@ -94,31 +95,10 @@ def type_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
     return int(np.prod(shape, dtype=np.int64)) // block * size
 
 
-def _encode(t: torch.Tensor, qtype: QT) -> memoryview:
-    """One chunk of rows in GGUF bytes (same rounding as llama.cpp's Python converter)."""
-    if qtype == QT.F32:
-        t = t.to(torch.float32)
-    elif qtype == QT.F16:
-        t = t.to(torch.float16)
-    elif qtype == QT.BF16:
-        t = t.to(torch.bfloat16)   # round-to-nearest-even, as gguf.quants' BF16
-    else:
-        arr = gguf.quantize(np.ascontiguousarray(t.to(torch.float32).numpy()), qtype)
-        return memoryview(np.ascontiguousarray(arr)).cast("B")
-    t = t.contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
-
-
 def _chunks(src: Source, name: str, qtype: QT) -> Iterator[tuple[memoryview, int]]:
     """(GGUF bytes, source bytes consumed) per row chunk; a stacked tensor one expert at a time."""
-    for th in getattr(src, "parts", {}).get(name) or [lambda: src.load(name)]:
-        t = th()
-        rows = t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
-        step = max(1, CHUNK_ELEMS // max(1, rows.shape[1]))
-        for i in range(0, rows.shape[0], step):
-            chunk = rows[i:i + step]
-            yield _encode(chunk, qtype), chunk.numel() * chunk.element_size()
-        del t, rows
+    for th in part_thunks(src, name):
+        yield from encoded_rows(th(), qtype)
 
 
 # -- writer: files ----------------------------------------------------------------------------
@@ -143,12 +123,13 @@ def _ahead(items: Iterator):
 
 
 def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict, progress,
-            staged: StagedOutput | None = None, prev: dict | None = None) -> list[str]:
+            staged: StagedOutput | None = None, prev: dict | None = None, fill=None) -> list[str]:
     """Write every tensor's bytes after the header; returns each file's sha256.
 
     Reading+encoding the next chunk, hashing this one and writing it overlap (all release the GIL).
     With `prev` (--resume), tensors a killed run had durably written are copied from its file
-    instead of encoded again; every `checkpoint_bytes()` the file is fsynced and its length recorded."""
+    instead of encoded again; every `checkpoint_bytes()` the file is fsynced and its length recorded.
+    With `fill` (a FillPool), worker processes encode and write the tensors (fill.py)."""
     align, shas, prev, every = writer.data_alignment, [], prev or {}, checkpoint_bytes()
     with ThreadPoolExecutor(1) as hasher:
         for f, path, tensors in zip(writer.fout, files, writer.tensors):
@@ -158,6 +139,15 @@ def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict,
             h = hashlib.sha256(header)
             _pad(f, h, f.tell(), align)
             old = _Previous.open(prev.get(path.name), header, f.tell())
+            if fill is not None:
+                saved = [f.tell()]
+
+                def checkpoint():
+                    if staged is not None and f.tell() - saved[0] >= every and f.tell() >= old.end:
+                        saved[0] = _checkpoint(staged, f, path, h, old)
+                gguf_fill.fill_file(fill, f, path, tensors, src, plan, h, old, align, progress, checkpoint)
+                shas.append(_finish(staged, f, path, h, old))
+                continue
             chunks = ((n, d, c) for n in tensors
                       for d, c in (old.chunks(tensors[n].nbytes, align, src.infos[n].nbytes)
                                    or _chunks(src, n, plan[n][0])))
@@ -177,13 +167,17 @@ def _stream(writer: gguf.GGUFWriter, files: list[Path], src: Source, plan: dict,
             if bad:
                 raise VerificationError(f"wrote {written[bad]} bytes, declared {tensors[bad].nbytes}", path=path,
                                         tensor=bad, fix="this is a bug in ling-convert; please report it")
-            if staged is not None:      # a later split file may still be killed: keep this one
-                _checkpoint(staged, f, path, h, old)
-            else:
-                f.flush()
-                os.fsync(f.fileno())
-            shas.append(h.hexdigest())
+            shas.append(_finish(staged, f, path, h, old))
     return shas
+
+
+def _finish(staged: StagedOutput | None, f, path: Path, h, old: "_Previous") -> str:
+    if staged is not None:      # a later split file may still be killed: keep this one
+        _checkpoint(staged, f, path, h, old)
+    else:
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
 
 
 # -- writer: --resume ----------------------------------------------------------------------------
@@ -247,13 +241,18 @@ class _Previous:
         return cls(path, end, data_start)
 
     def chunks(self, nbytes: int, align: int, consumed: int):
-        """The next tensor's bytes from the old file when it lies wholly before `end`, else None (and
-        from then on: tensors are reused in order, only up to the first one that was not durable)."""
+        """The next tensor's bytes from the old file when it lies wholly before `end`, else None."""
+        start = self.reuse(nbytes, align)
+        return None if start is None else self._read(start, nbytes, consumed)
+
+    def reuse(self, nbytes: int, align: int) -> int | None:
+        """Where the next tensor lies in the old file when wholly before `end`, else None (and from
+        then on: tensors are reused in order, only up to the first one that was not durable)."""
         if self.path is None or self.pos + nbytes > self.end:
             self.pos = self.end + 1         # nothing after the first miss is taken from the old file
             return None
         start, self.pos = self.pos, self.pos + nbytes + (-nbytes) % align
-        return self._read(start, nbytes, consumed)
+        return start
 
     def _read(self, start: int, nbytes: int, consumed: int):
         step = CHUNK_ELEMS * 4
@@ -324,7 +323,8 @@ def write_gguf(src: Source, out: Path, opts) -> Path:
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             files = [staged.path(n) for n in names]
-            shas = _stream(writer, files, src, plan, opts.progress, staged, prev)
+            with gguf_fill.pool(src, plan, opts.workers) as fill:
+                shas = _stream(writer, files, src, plan, opts.progress, staged, prev, fill)
         finally:
             writer.close()
             for path, _, _ in prev.values():

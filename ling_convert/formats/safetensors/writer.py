@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 
 from ...core import fastio
+from ...core.fill import FillPool, Piece, Region, copy_pieces
 from ...core.source import ST_NAMES, RawRange, Source, TensorInfo, ordered
 
 from .header import INDEX
@@ -61,13 +62,14 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy())
 
 
-def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[int], None] | None = None) -> str:
+def write_shard(path: Path, names: list[str], src: Source, on_bytes: Callable[[int], None] | None = None,
+                fill: FillPool | None = None) -> str:
     """Write one shard, fsync it and put it in place; returns its sha256."""
-    return write_shard_unsynced(path, names, src, on_bytes)()
+    return write_shard_unsynced(path, names, src, on_bytes, fill)()
 
 
-def write_shard_unsynced(path: Path, names: list[str], src: Source,
-                         on_bytes: Callable[[int], None] | None = None) -> Callable[[], str]:
+def write_shard_unsynced(path: Path, names: list[str], src: Source, on_bytes: Callable[[int], None] | None = None,
+                         fill: FillPool | None = None) -> Callable[[], str]:
     """Write one shard tensor by tensor (hashed while writing); -> `seal()`, which fsyncs
     it, renames it into place and returns its sha256. Sealing in the background while
     the next shard is written keeps the disk busy the whole run instead of idling the
@@ -78,12 +80,16 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
     (the next one while this one is written) and written. Either way a background
     thread hashes it from the page cache (_ShardOut). At most two tensors are held
     at once. Writeback starts every 64 MiB, so the final fsync has little left to
-    wait for."""
+    wait for. With `fill`, worker processes make and write the tensors at their
+    offsets (core/fill.py); this process only hashes and flushes behind them."""
     names = disk_order(src, names)
     out = _ShardOut(path.with_name(path.name + ".tmp"))
     with ThreadPoolExecutor(1) as pool, out.writing():
         header = header_bytes(src.infos, names)
         out.put(header)
+        if fill is not None:
+            fill.fill(out.tmp, shard_pieces(src, names, len(header)), lambda r: out.filled(r.nbytes, on_bytes))
+            return lambda: out.seal(path)
         _announce(src, names, out.tmp, len(header))
         nxt = _prefetch(pool, src, names, 0)
         for i, name in enumerate(names):
@@ -102,6 +108,36 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source,
             if on_bytes:
                 on_bytes(src.infos[name].nbytes)
     return lambda: out.seal(path)
+
+
+def shard_pieces(src: Source, names: list[str], start: int) -> list[Piece]:
+    """The shard's data cut into pieces for worker processes: unchanged file-backed tensors as
+    copy ranges, the others one piece per tensor, or per group a single computation makes."""
+    pieces, groups, off = [], {}, start
+    for name in names:
+        region, off = Region(off, src.infos[name].nbytes), off + src.infos[name].nbytes
+        rr = src.raw_range(name) if src.location(name) is not None else None
+        if rr is not None:
+            rr.done()
+            pieces += copy_pieces(rr.file, rr.offset, region)
+            continue
+        key = src.group(name)
+        if key is None or key not in groups:
+            pieces.append(([], ["load"]))
+            if key is not None:
+                groups[key] = pieces[-1]
+        regions, how = groups[key] if key is not None else pieces[-1]
+        regions.append(region)
+        how.append(name)
+    return [p if isinstance(p, Piece) else Piece(tuple(p[0]), tuple(p[1])) for p in pieces]
+
+
+def tensor_maker(src: Source) -> Callable[[Piece, int], None]:
+    """The worker side of `shard_pieces`: read/compute each named tensor, write it at its offset."""
+    def make(piece: Piece, fd: int) -> None:
+        for name, region in zip(piece.how[1:], piece.regions):
+            fastio.pwrite_all(fd, tensor_bytes(src.load(name)), region.offset)
+    return make
 
 
 def _announce(src: Source, names: list[str], path: Path, start: int) -> None:
@@ -188,13 +224,22 @@ class _ShardOut:
         self._hash_next(start, n, small)
 
     def copy(self, rr: RawRange) -> None:
+        if os.fspath(rr.file) == os.fspath(self.tmp) and rr.offset == self.pos:
+            self.filled(rr.info.nbytes)     # a worker already wrote it in place
+            return
         start, n = self.pos, rr.info.nbytes
-        if os.fspath(rr.file) == os.fspath(self.tmp) and rr.offset == start:
-            os.lseek(self.f.fileno(), n, os.SEEK_CUR)     # a worker already wrote it in place
-        else:
-            fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
+        fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
         self._advance(n)
         self._hash_next(start, n)
+
+    def filled(self, n: int, on_bytes: Callable[[int], None] | None = None) -> None:
+        """The next `n` bytes are in the file already (another process wrote them): hash and flush them."""
+        start = self.pos
+        os.lseek(self.f.fileno(), n, os.SEEK_CUR)
+        self._advance(n)
+        self._hash_next(start, n)
+        if on_bytes:
+            on_bytes(n)
 
     def _advance(self, n: int) -> None:
         self.pos += n
@@ -217,20 +262,24 @@ def write_index(staged, files: dict[str, list[str]], infos: dict[str, TensorInfo
                              "weight_map": dict(sorted(weight_map.items()))})
 
 
-def write_tensors(staged, src: Source, max_shard_size: int, progress=None) -> dict:
+def write_tensors(staged, src: Source, max_shard_size: int, progress=None, workers: int = 1) -> dict:
     """Write `src`'s tensors as safetensors shards into a StagedOutput. -> {file: [tensor names]}.
 
+    With `workers` > 1 every shard is filled by that many processes (bytes do not change).
     The caller writes the index (`write_index`) after everything else."""
     plan = plan_shards(src.infos, max_shard_size)
     names = shard_names(len(plan))
-    with ThreadPoolExecutor(1) as sealer:
+    todo = [t for f, t in zip(names, plan) if not staged.reusable(f)]
+    # forked before the sealer's thread exists
+    pool = FillPool(tensor_maker(src), workers) if workers > 1 and todo else contextlib.nullcontext()
+    with pool as fill, ThreadPoolExecutor(1) as sealer:
         sealing = None      # (name, future sha) of the shard being fsynced while the next is written
         for fname, tensors in zip(names, plan):
             if staged.reusable(fname):
                 if progress:
                     progress(sum(src.infos[t].nbytes for t in tensors))
                 continue
-            seal = write_shard_unsynced(staged.path(fname), tensors, src, progress)
+            seal = write_shard_unsynced(staged.path(fname), tensors, src, progress, fill)
             if sealing:
                 staged.done(sealing[0], sealing[1].result())   # recorded only once on disk, in order
             sealing = (fname, sealer.submit(seal))
