@@ -18,10 +18,6 @@ class LingConvertError(Exception):
         self.fix = fix
         super().__init__(self.one_line())
 
-    def __reduce__(self):
-        # Crosses process boundaries whole (worker pools): default pickling would keep only the line.
-        return _rebuild, (type(self), self.message, self.path, self.tensor, self.fix)
-
     def one_line(self) -> str:
         where = ": ".join(x for x in (self.path, self.tensor and f"tensor {self.tensor!r}") if x)
         text = f"{where}: {self.message}" if where else self.message
@@ -39,10 +35,6 @@ def _rebuild(cls, message, path, tensor, fix, state):
     e = cls(message, path=path, tensor=tensor, fix=fix)
     e.__dict__.update(state)
     return e
-
-
-def _rebuild(cls, message, path, tensor, fix) -> LingConvertError:
-    return cls(message, path=path, tensor=tensor, fix=fix)
 
 
 class BadInputError(LingConvertError):
