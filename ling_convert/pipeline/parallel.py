@@ -1,32 +1,32 @@
-"""Write an HF-style output with several processes: a local pool and/or torchrun ranks.
+"""Write an HF-style output with torchrun ranks, each filling its shards with a local pool.
 
 The shard plan depends only on the lazy source and --max-shard-size, so shard i
 has the same bytes whoever writes it. Rank r (of torchrun's WORLD_SIZE) writes
-shards i % world == r into the shared staging dir, spread over its `workers`
-pool processes; rank 0 took the output lock first and, after every rank reported
+shards i % world == r into the shared staging dir, each filled by its `workers`
+processes (core/fill.py); rank 0 took the output lock first and, after every rank reported
 (a gather: the barrier), writes config, aux files, index and manifest and commits.
-Each process re-opens the source lazily (metadata only), so nothing large is pickled.
+Each rank re-opens the source lazily (metadata only), so nothing large is pickled.
 
     >>> convert_parallel("iter_0001000/", "out/", to="safetensors", options={}, workers=4)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 from . import ConvertResult, prepare
 from ..core.errors import LingConvertError
+from ..core.fill import FillPool
 from ..formats import safetensors as st
 from ..core.output import StagedOutput, os_error, output_path, sha256_file
 from ..formats.writer import WriteOptions, finish_hf_dir, plan_id
 
 HF_TARGETS = ("safetensors", "fp8")   # targets whose writer is writer.write_hf_dir
-_STATE: dict = {}                     # per worker process: the lazy source
+_STATE: dict = {}                     # per rank: the lazy source
 
 
 def world() -> tuple[int, int]:
@@ -55,7 +55,7 @@ def _init(src: str, to: str, from_format: str | None, options: dict, want: str, 
         _STATE.update(lazy=None, error=_as_data(e))
 
 
-def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
+def _write_one(path: str, names: list[str], reuse_sha: str | None, fill: FillPool | None = None) -> tuple:
     """Write one shard (or keep a resumed one whose hash matches); -> ('ok', sha) or error data."""
     if _STATE["error"]:
         return _STATE["error"] if isinstance(_STATE["error"], tuple) else ("internal", _STATE["error"])
@@ -64,7 +64,7 @@ def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
         return ("ok", reuse_sha)
     lazy = _STATE["lazy"]
     try:
-        return ("ok", st.write_shard(p, names, lazy))
+        return ("ok", st.write_shard(p, names, lazy, fill=fill))
     except LingConvertError as e:
         return _as_data(e)
     except OSError as e:      # disk full or file-size limit in a worker: the one-line error of a 1-process run
@@ -72,32 +72,18 @@ def _write_one(path: str, names: list[str], reuse_sha: str | None) -> tuple:
 
 
 def _write_mine(tasks: list[tuple], init_args: tuple, workers: int, progress, on_done) -> dict[str, tuple]:
-    """Run this rank's shard tasks [(fname, path, names, reuse_sha, nbytes)] on `workers` processes."""
+    """Write this rank's shard tasks [(fname, path, names, reuse_sha, nbytes)] one after another, each
+    filled by `workers` processes (core/fill.py)."""
     results = {}
-
-    def finished(fname, res, nbytes):
-        results[fname] = res
-        on_done(fname, res)
-        if progress:
-            progress(nbytes)
-    if workers <= 1:
-        _init(*init_args)
+    _init(*init_args)
+    lazy = _STATE["lazy"]
+    pool = FillPool(st.tensor_maker(lazy), workers) if workers > 1 and lazy is not None else contextlib.nullcontext()
+    with pool as fill:
         for fname, path, names, reuse, nbytes in tasks:
-            finished(fname, _write_one(path, names, reuse), nbytes)
-        return results
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])    # workers fork with torch already imported
-    else:
-        ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=init_args)
-    try:
-        futs = {pool.submit(_write_one, path, names, reuse): (fname, nbytes)
-                for fname, path, names, reuse, nbytes in tasks}
-        for fut in as_completed(futs):
-            finished(futs[fut][0], fut.result(), futs[fut][1])
-    finally:       # on Ctrl-C or an error, do not start the remaining shards
-        pool.shutdown(wait=True, cancel_futures=True)
+            results[fname] = _write_one(path, names, reuse, fill)
+            on_done(fname, results[fname])
+            if progress:
+                progress(nbytes)
     return results
 
 
