@@ -1,25 +1,17 @@
-"""How a worker's result reaches the parent: through the pipe (`_Packed`), a reused /dev/shm slot file
-(`_Spilled`), or written straight into its place in the output (`_Target` -> `_Placed`)."""
+"""How a worker's result reaches the parent: through the pipe (`_Packed`) or a reused /dev/shm slot file
+(`_Spilled`). (A writer filling a file with several processes uses core/fill.py instead.)"""
 
 from __future__ import annotations
 
 import contextlib
-
 import os
 import pickle
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
-
-from .fastio import pwrite_all
-from .fastio import pread_flat
-from .source import TensorInfo
-
 
 
 def _unlink(path: str) -> None:
@@ -58,44 +50,6 @@ class _Spilled:
         finally:
             _unlink(self.path)            # the mapping stays valid; the pages go when the tensor does
         return raw.view(self.dtype).reshape(self.shape)
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where the writer will put a result part: the worker writes it there when it has the declared
-    shape and dtype (anything else would overrun its neighbours), else hands it back as usual."""
-
-    path: str
-    offset: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    def write(self, t: torch.Tensor) -> "_Placed | None":
-        if tuple(t.shape) != self.shape or t.dtype != self.dtype:
-            return None
-        try:
-            fd = os.open(self.path, os.O_WRONLY)     # never creates: a file the writer gave up is gone
-        except OSError:
-            return None
-        try:
-            pwrite_all(fd, t.detach().contiguous().reshape(-1).view(torch.uint8).numpy(), self.offset)
-        finally:
-            os.close(fd)
-        return _Placed(self.path, self.offset, self.shape, self.dtype)
-
-
-@dataclass(frozen=True)
-class _Placed:
-    """A result part already in the output file at its place; read back if taken as a tensor."""
-
-    path: str
-    offset: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    def __call__(self) -> torch.Tensor:
-        info = TensorInfo(self.shape, self.dtype)
-        return pread_flat(Path(self.path), self.offset, info.nbytes, self.dtype).reshape(self.shape)
 
 
 SPILL_PREFIX = "ling-convert-"

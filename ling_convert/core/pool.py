@@ -5,9 +5,7 @@ The writer reads tensors one at a time in its own order. `Prefetch` keeps up to
 the main process writes the current one. Each job is a pure function of its
 inputs, so the bytes do not depend on the number of workers; memory holds at most
 `ahead` results plus what each worker is computing. Workers read their inputs
-themselves when the thunk pickles (safetensors file slices). A result whose place in
-the output the writer has announced (`place`) is written there by the worker itself,
-so the parent neither receives nor copies its bytes; other large results come back
+themselves when the thunk pickles (safetensors file slices). Large results come back
 through /dev/shm slot files. Slots are reused: overwriting a tmpfs file's pages is a
 memcpy, while a fresh file pays page allocation on write and freeing on unlink (about
 5x the time at 2 MiB).
@@ -29,14 +27,13 @@ import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .errors import LingConvertError
 from .fastio import pwrite_all
-from .handover import SPILL_PREFIX, _Packed, _Placed, _portable, _spill_dir, _Spilled, _Target, _unlink  # noqa: F401
+from .handover import SPILL_PREFIX, _Packed, _portable, _spill_dir, _Spilled, _unlink  # noqa: F401
 from .heap import reuse_heap
 from .source import RawRange, TensorInfo
 
@@ -63,9 +60,7 @@ SLOT_KEEP = 1 << 25        # a recycled slot file larger than this is deleted (t
 _counter = itertools.count()
 
 
-def _hand_over(t: torch.Tensor, slot: "str | _Target | None"):
-    if isinstance(slot, _Target):
-        return slot.write(t) or _Packed(t)
+def _hand_over(t: torch.Tensor, slot: str | None):
     nbytes = t.numel() * t.element_size()
     if slot and nbytes >= SPILL_MIN:
         try:
@@ -93,10 +88,9 @@ class _Slots:
         if nbytes > SLOT_KEEP:             # keep idle RAM small; the name is reused, the file recreated
             _unlink(path)
         self.free.append(path)
-PLACE = True               # workers write announced results into the output (tests turn it off)
 
 
-def _run_in_worker(job: Job, slots: "list[str | _Target | None]") -> tuple:
+def _run_in_worker(job: Job, slots: list[str | None]) -> tuple:
     try:
         out = job.run()
     except LingConvertError as e:       # pickles with its fields (LingConvertError.__reduce__)
@@ -137,7 +131,6 @@ class Prefetch:
         self._spill: str | None = None
         self._slots: _Slots | None = None
         self._leases: dict[str, list[str]] = {}     # job in flight -> its slot files
-        self._targets: dict[tuple[str, int], _Target] = {}   # (job, part) -> its place in the output
         self._finalizer = None
         self._lock = threading.Lock()   # the writer may call thunks from its read-ahead thread
         self._closing = False
@@ -154,9 +147,7 @@ class Prefetch:
             self.cache.pop(name)
             res = self._result(name)
         out = res[part]
-        if isinstance(out, _Placed) and not raw:
-            out = out()
-        elif isinstance(out, _Spilled):
+        if isinstance(out, _Spilled):
             # raw: the caller owns (and deletes) the file; else map it once, a second take gets the tensor
             keep = _GIVEN_AWAY if raw else out()
             out = out if raw else keep
@@ -175,31 +166,20 @@ class Prefetch:
     def thunk(self, name: str, part: int) -> "PrefetchThunk":
         return PrefetchThunk(self, name, part)
 
-    def place(self, name: str, part: int, path, offset: int, info: TensorInfo) -> None:
-        """The writer will put part `part` of `name` at `offset` of `path` (an open, staged file): a job not
-        yet started writes it there itself. Later jobs only; one already running keeps its slot."""
-        with self._lock:
-            if PLACE and self.workers > 1 and name not in self.futures and name not in self.cache:
-                self._targets[(name, part)] = _Target(os.fspath(path), offset, tuple(info.shape), info.dtype)
-
     def take_raw(self, name: str, part: int) -> RawRange | None:
-        """Part `part` as a file range: where the worker placed it in the output, or its spill file
-        (the writer copies that in the kernel); None when it came through the pipe. The caller calls
+        """Part `part` as a file range: its spill file (the writer copies that in the kernel); None
+        when it came through the pipe. The caller calls
         `.done()` once it has used it, which frees the slot file for a later result."""
         with self._lock:
             res = self._result(name)
-            if not isinstance(res[part], (_Spilled, _Placed)):
+            if not isinstance(res[part], _Spilled):
                 return None
             got = self._take(name, part, raw=True)
-            if isinstance(got, _Placed):
-                return RawRange(Path(got.path), got.offset, TensorInfo(got.shape, got.dtype),
-                                lambda: self._release(got))
             return RawRange(got.path, 0, TensorInfo(got.shape, got.dtype), lambda: self._release(got))
 
-    def _release(self, part: "_Spilled | _Placed") -> None:
+    def _release(self, part: _Spilled) -> None:
         with self._lock:
-            if isinstance(part, _Spilled):
-                self._recycle(part)
+            self._recycle(part)
         if self._closing:       # the last result was taken as a file: stop the pool once it is copied
             self.close()
 
@@ -253,9 +233,8 @@ class Prefetch:
         job = self.jobs[name]
         job = Job(job.fn, tuple(_portable(x) for x in job.inputs), job.kw)
         pool = self._executor()
-        targets = [self._targets.pop((name, i), None) for i in range(self.parts)]
-        slots = [t or (self._slots.get() if self._slots is not None else None) for t in targets]
-        self._leases[name] = [x for x in slots if isinstance(x, str)]
+        slots = [self._slots.get() if self._slots is not None else None for _ in range(self.parts)]
+        self._leases[name] = [x for x in slots if x is not None]
         self.futures[name] = pool.submit(_run_in_worker, job, slots)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -290,9 +269,6 @@ class PrefetchThunk:
 
     def raw_range(self) -> RawRange | None:
         return self.pre.take_raw(self.name, self.part)
-
-    def place(self, path, offset: int, info: TensorInfo) -> None:
-        self.pre.place(self.name, self.part, path, offset, info)
 
     @property
     def group(self) -> tuple[int, str]:

@@ -138,14 +138,6 @@ class Source:
         fn = getattr(self.thunks[name], "location", None)
         return fn() if fn is not None else None
 
-    def place(self, name: str, path: Path, offset: int) -> None:
-        """Tell the tensor's thunk where the writer will put its bytes (`offset` in the open file `path`).
-        A thunk that computes in another process (core/pool.py) may write them there itself and then
-        offer that very range as its `raw_range`; any other thunk ignores it."""
-        fn = getattr(self.thunks[name], "place", None)
-        if fn is not None:
-            fn(path, offset, self.infos[name])
-
     def group(self, name: str):
         """A key shared by the tensors one computation makes together (an FP8 weight and its scale), or
         None. A parallel writer gives such tensors to one worker, which computes them once."""

@@ -21,7 +21,6 @@ from typing import Iterator
 
 import gguf
 import numpy as np
-import torch
 
 from ...core import fastio, schemas
 from ...core.errors import BadInputError, OutputExistsError, VerificationError

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import Format, register
-from ..writer import write_hf_dir
 from ...core.fastio import pread_flat
 from ...core.output import parse_size
 from .header import INDEX, MAX_HEADER, SINGLE, Entry, read_header, read_tensor
@@ -32,5 +31,11 @@ def _open(path: Path):
     return open_source(path, "safetensors")
 
 
+def _write(src, out, opts):
+    # NOTE: formats/writer.py imports this package; importing it at the top would make a cycle.
+    from ..writer import write_hf_dir
+    return write_hf_dir(src, out, opts)
+
+
 FORMAT = register(Format("safetensors", "HF safetensors (bf16/fp16/fp32), single or sharded",
-                         _detect, _open, write_hf_dir, priority=60))
+                         _detect, _open, _write, priority=60))

@@ -90,7 +90,6 @@ def write_shard_unsynced(path: Path, names: list[str], src: Source, on_bytes: Ca
         if fill is not None:
             fill.fill(out.tmp, shard_pieces(src, names, len(header)), lambda r: out.filled(r.nbytes, on_bytes))
             return lambda: out.seal(path)
-        _announce(src, names, out.tmp, len(header))
         nxt = _prefetch(pool, src, names, 0)
         for i, name in enumerate(names):
             rr = src.raw_range(name) if src.has_raw(name) else None
@@ -138,13 +137,6 @@ def tensor_maker(src: Source) -> Callable[[Piece, int], None]:
         for name, region in zip(piece.how[1:], piece.regions):
             fastio.pwrite_all(fd, tensor_bytes(src.load(name)), region.offset)
     return make
-
-
-def _announce(src: Source, names: list[str], path: Path, start: int) -> None:
-    """Tell every tensor where in the file it will go (a worker may write it there itself)."""
-    for name in names:
-        src.place(name, path, start)
-        start += src.infos[name].nbytes
 
 
 def disk_order(src: Source, names: list[str]) -> list[str]:
@@ -224,9 +216,6 @@ class _ShardOut:
         self._hash_next(start, n, small)
 
     def copy(self, rr: RawRange) -> None:
-        if os.fspath(rr.file) == os.fspath(self.tmp) and rr.offset == self.pos:
-            self.filled(rr.info.nbytes)     # a worker already wrote it in place
-            return
         start, n = self.pos, rr.info.nbytes
         fastio.copy_range(rr.file, rr.offset, n, self.f.fileno())
         self._advance(n)
