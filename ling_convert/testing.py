@@ -100,6 +100,7 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         "shared_experts.gate_proj.weight": (S, H), "shared_experts.up_proj.weight": (S, H),
         "shared_experts.down_proj.weight": (H, S),
         "enorm.weight": (H,), "hnorm.weight": (H,), "eh_proj.weight": (H, 2 * H), "final_layernorm.weight": (H,),
+        "g_proj.weight": (nh * d, H), "g_norm.weight": (nh * d,),   # hybrid-linear layers only
     }
     out = {}
     for name in a.expected_names(cfg):

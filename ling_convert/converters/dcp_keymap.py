@@ -83,14 +83,16 @@ class KeyMap:
         self.ops = dict(self.table["ops"], **(ops or {}))
         self.rules = _rules(self.table)
         self.by_megatron: dict[str, Rule] = {}
-        self.by_hf: dict[str, list[tuple[Rule, int]]] = {}
+        self.by_hf: dict[str, list[tuple[Rule, int, tuple[str, ...]]]] = {}   # + the pattern's placeholders
+        self._mg_names: dict[str, tuple[str, ...]] = {}    # placeholders per pattern, not re-parsed per key
         for r in self.rules:
-            key = _norm(r.megatron)[0]
+            key, self._mg_names[r.megatron] = _norm(r.megatron)
             assert key not in self.by_megatron, f"two rules for {r.megatron}"   # a schema bug, not input
             self.by_megatron[key] = r
             if r.export:
                 for i, h in enumerate(r.hf):
-                    self.by_hf.setdefault(_norm(h)[0], []).append((r, i))
+                    norm, names = _norm(h)
+                    self.by_hf.setdefault(norm, []).append((r, i, names))
 
     # -- names ----------------------------------------------------------------
     def dropped(self, key: str) -> bool:
@@ -102,7 +104,7 @@ class KeyMap:
         r = self.by_megatron.get(norm)
         if r is None:
             return None
-        vals = dict(zip(_norm(r.megatron)[1], (int(v) for v in values)))
+        vals = dict(zip(self._mg_names[r.megatron], (int(v) for v in values)))
         if any(not 0 <= v < self.counts.get(k, 0) for k, v in vals.items()):
             return None
         return r, self._derive(vals)
@@ -115,8 +117,8 @@ class KeyMap:
     def match_hf(self, name: str) -> tuple[Rule, int, dict] | None:
         """(export rule, output index, values) for a canonical HF name, or None."""
         norm, values = _norm(name)
-        for r, i in self.by_hf.get(norm, ()):
-            vals = dict(zip(_norm(r.hf[i])[1], (int(v) for v in values)))
+        for r, i, names in self.by_hf.get(norm, ()):
+            vals = dict(zip(names, (int(v) for v in values)))
             if "mtp_layer" in vals:
                 vals["mtp"] = vals["mtp_layer"] - self.n_layers
             if any(not 0 <= vals[k] < self.counts[k] for k in ("layer", "expert", "mtp") if k in vals):

@@ -25,3 +25,18 @@ def compile_pattern(pattern: str) -> re.Pattern:
         seen.add(name)
         return rf"(?P<{name}>\d+)"
     return re.compile(_PLACEHOLDER.sub(group, re.escape(pattern)) + r"\Z")
+
+
+def combine(patterns) -> re.Pattern:
+    """Compiled patterns as one alternation: `m.lastgroup` is `p{i}` for the i-th that matched.
+
+    One regex call per name instead of one per pattern (Ling-1T has 62,336 names).
+
+    >>> combine([compile_pattern("a.{layer}.x"), compile_pattern("b.{layer}.y")]).match("b.3.y").lastgroup
+    'p1'
+    """
+    alts = []
+    for i, p in enumerate(patterns):   # group names repeat across patterns: suffix them with the index
+        body = re.sub(r"\(\?P([<=])(\w+)", lambda m, i=i: f"(?P{m.group(1)}{m.group(2)}_{i}", p.pattern)
+        alts.append(f"(?P<p{i}>{body})")
+    return re.compile("|".join(alts))

@@ -14,6 +14,7 @@ import math
 import re
 import dataclasses
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -44,13 +45,13 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    # Computed once: planning sums them for every tensor several times (Ling-1T: 62,336 tensors).
+    numel: int = field(init=False, repr=False, compare=False)
+    nbytes: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def nbytes(self) -> int:
-        return self.numel * dtype_size(self.dtype)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "numel", math.prod(self.shape))
+        object.__setattr__(self, "nbytes", self.numel * dtype_size(self.dtype))
 
     @classmethod
     def of(cls, t: torch.Tensor) -> "TensorInfo":
@@ -172,9 +173,13 @@ class Source:
         return replace(self, **changes)
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+@lru_cache(maxsize=1 << 18)     # a route sorts the same names several times
 def natural_key(name: str) -> tuple:
     """Sort 'layers.10' after 'layers.9' so shards follow the model's layer order."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
 
 
 def ordered(names: Iterable[str]) -> list[str]:

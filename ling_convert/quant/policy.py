@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from ..core import schemas
 from ..core.errors import UnsupportedError
-from ..core.names import compile_pattern
+from ..core.names import combine, compile_pattern
 
 @dataclass(frozen=True)
 class Policy:
@@ -25,17 +25,24 @@ class Policy:
     quantize: tuple[tuple[re.Pattern, bool], ...]   # (pattern, ue8m0 in Ling's recipe)
     keep: tuple[re.Pattern, ...]
 
+    @cached_property
+    def _rules(self) -> tuple[re.Pattern, list[tuple[str, bool]]]:
+        """Every pattern as one regex, and per alternative its (action, ue8m0); quantize rules first."""
+        rules = [(p, "quantize", flag) for p, flag in self.quantize] + [(p, "keep", False) for p in self.keep]
+        return combine([p for p, _, _ in rules]), [(act, flag) for _, act, flag in rules]
+
+    def _rule(self, name: str) -> tuple[str, bool]:
+        combined, outcome = self._rules
+        m = combined.match(name)
+        return outcome[int(m.lastgroup[1:])] if m else ("unlisted", False)
+
     def action(self, name: str) -> str:
         """'quantize', 'keep', or 'unlisted' (kept too, but reported)."""
-        if any(p.match(name) for p, _ in self.quantize):
-            return "quantize"
-        if any(p.match(name) for p in self.keep):
-            return "keep"
-        return "unlisted"
+        return self._rule(name)[0]
 
     def ue8m0(self, name: str) -> bool:
         """True where Ling's own recipe rounds scales to powers of two (`--scale-fmt ling`)."""
-        return any(flag for p, flag in self.quantize if p.match(name))
+        return self._rule(name)[1]
 
 
 @lru_cache(maxsize=None)
