@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from ..core.heap import return_big_buffers_to_os
+from ..core.heap import fewer_gc_passes, return_big_buffers_to_os
 from ..core.errors import LingConvertError
 from ..core.plugins import load_modules
 
@@ -41,6 +41,7 @@ def _fail(line: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) the process exit code."""
     return_big_buffers_to_os()
+    fewer_gc_passes()
     _load_commands()
     with warnings.catch_warnings(record=True) as caught:
         code = _run(argv)

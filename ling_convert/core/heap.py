@@ -37,3 +37,14 @@ def reuse_heap(limit: int = 256 << 20) -> None:
     Bigger buffers still come from mmap, so one huge tensor is not kept afterwards."""
     _mallopt(M_MMAP_THRESHOLD, limit)
     _mallopt(M_TRIM_THRESHOLD, 2 * limit)
+
+
+def fewer_gc_passes() -> None:
+    """Run the cycle collector every 100,000 new objects instead of every 700.
+
+    A checkpoint's metadata (Ling-1T: 62,336 headers, thunks, plan entries) is about a million
+    small objects that live the whole run; at the default threshold the collector walks them
+    over and over, 30-45% of a Ling-1T --dry-run (measured 4.5-4.8 s -> 2.9 s CPU). Tensors are
+    freed by reference counting, not by the collector, so memory does not depend on this."""
+    import gc
+    gc.set_threshold(100_000, 50, 50)
