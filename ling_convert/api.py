@@ -96,20 +96,26 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
 
 # -- DCP (dcp2st / st2dcp) ---------------------------------------------------------------
 
-def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, workers: int | None = None,
-              max_shard_size="5GB", vocab_size: int | None = None, config_from=None, tokenizer_dir=None,
-              allow_unmapped: bool = False, force: bool = False, resume: bool = False, dry_run: bool = False,
-              progress=None, fp8_options: dict | None = None) -> ConvertResult:
-    """Megatron torch_dist DCP -> HF safetensors (bf16 or, with `force_fp8`, block FP8)."""
+def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, scale_fmt: str | None = None,
+              workers: int | None = None, max_shard_size="5GB", vocab_size: int | None = None, config_from=None,
+              tokenizer_dir=None, allow_unmapped: bool = False, force: bool = False, resume: bool = False,
+              dry_run: bool = False, progress=None, fp8_options: dict | None = None) -> ConvertResult:
+    """Megatron torch_dist DCP -> HF safetensors (bf16 or, with `force_fp8`, block FP8).
+
+    FP8 scales default to `scale_fmt="ling"`: weights and scales byte-identical to Ling-V2's
+    tools/convert_dcp_to_safetensors.py --force-fp8 (tests/test_ling_fp8_compat.py)."""
     if force_bf16 and force_fp8:
         raise BadInputError("--force-bf16 and --force-fp8 exclude each other", fix="pass one of them")
+    if scale_fmt and not force_fp8:
+        raise BadInputError("--scale-fmt applies to FP8 output only", fix="add --force-fp8, or drop --scale-fmt")
     if workers is not None and workers < 1:
         raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
     to = "fp8" if force_fp8 else "safetensors"
     # FP8 output keeps unquantised tensors in bf16 (norms, router, embeddings), expert_bias in fp32.
     options = {"force_bf16": force_bf16 or force_fp8, "vocab_size": vocab_size, "allow_unmapped": allow_unmapped,
                "config_from": str(config_from) if config_from else None,
-               "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None, **(fp8_options or {})}
+               "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None,
+               "scale_fmt": (scale_fmt or "ling") if force_fp8 else None, **(fp8_options or {})}
     options = {k: v for k, v in options.items() if v not in (None, False)}
     _, size = world()
     try:        # the route is planned once, inside the pipeline; a missing fp8 edge surfaces there

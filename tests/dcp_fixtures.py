@@ -37,9 +37,9 @@ def _qkv_grouped(w: torch.Tensor, nh: int, nkv: int, d: int) -> torch.Tensor:
 
 
 def megatron_state(model: str, *, rows: int | None = None, per_expert_keys: bool = False,
-                   stack_layers: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+                   stack_layers: bool = False, seed: int = 0, **overrides) -> dict[str, torch.Tensor]:
     """Megatron names -> tensors for tiny `model` (vocab padded to `rows` with random rows)."""
-    cfg = tiny_config(model)
+    cfg = tiny_config(model, **overrides)
     hf = dict(tiny_state(cfg, seed))
     n, k, E = cfg["num_hidden_layers"], cfg.get("first_k_dense_replace") or 0, cfg["num_experts"]
     nh, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg)
@@ -182,9 +182,9 @@ def write_stock_dcp(root: Path, state: dict[str, torch.Tensor]) -> Path:
     return root
 
 
-def megatron_args(model: str) -> dict:
+def megatron_args(model: str, **overrides) -> dict:
     """Megatron training args as a Ling-V2 run would record them (common.pt)."""
-    cfg = tiny_config(model)
+    cfg = tiny_config(model, **overrides)
     n, k = cfg["num_hidden_layers"], cfg.get("first_k_dense_replace") or 0
     return dict(
         num_layers=n, hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["intermediate_size"],

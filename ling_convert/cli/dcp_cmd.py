@@ -15,6 +15,9 @@ from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOp
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
 Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
+ScaleFmtOpt = Annotated[Optional[str], typer.Option(
+    "--scale-fmt", help="With --force-fp8: ling (default): powers of two exactly where Ling-V2's converter uses "
+                        "them, byte-identical to its output; float: exact amax/448; ue8m0: all powers of two.")]
 VocabOpt = Annotated[Optional[int], typer.Option(
     "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
 ConfigFromOpt = Annotated[Optional[Path], typer.Option(
@@ -46,16 +49,17 @@ def _report(r, as_json: bool) -> None:
 
 @app.command()
 def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8Opt = False,
-           workers: WorkersOpt = None, max_shard_size: MaxShardOpt = "5GB", vocab_size: VocabOpt = None,
-           config_from: ConfigFromOpt = None, tokenizer_dir: TokDirOpt = None, allow_unmapped: UnmappedOpt = False,
+           scale_fmt: ScaleFmtOpt = None, workers: WorkersOpt = None, max_shard_size: MaxShardOpt = "5GB",
+           vocab_size: VocabOpt = None, config_from: ConfigFromOpt = None, tokenizer_dir: TokDirOpt = None,
+           allow_unmapped: UnmappedOpt = False,
            force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with byte_progress("dcp2st", quiet=as_json or dry_run or world()[0] != 0) as prog:
-            r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, workers=workers,
-                          max_shard_size=max_shard_size, vocab_size=vocab_size, config_from=config_from,
-                          tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
+            r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, scale_fmt=scale_fmt,
+                          workers=workers, max_shard_size=max_shard_size, vocab_size=vocab_size,
+                          config_from=config_from, tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
                           dry_run=dry_run, progress=prog)
     _report(r, as_json)
     if world()[0] == 0:       # e.g. FP8 shapes off the 128 block grid; one line each, after the result
