@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ling_convert.testing import tiny_config, tensor_shapes, write_tokenizer
+from ling_convert.testing_shapes import save_order
 
 
 def synthetic_config(size_gb: float, model: str = "ling-mini-2", hidden: int = 2048, experts: int = 16,
@@ -33,21 +33,6 @@ def _numel(shape) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def save_order(names) -> list[str]:
-    """Layer-major, as `save_pretrained` writes a model: embeddings, layer 0's tensors, layer 1's, ...,
-    final norm and lm_head; module order inside a layer. (tensor_shapes lists them kind by kind: all
-    layers' q/k/v, then all layers' experts, ... A checkpoint written in that order scatters every
-    layer over several shards, which no real checkpoint does.)"""
-    names = list(names)
-
-    def key(i: int) -> tuple[int, int]:
-        m = re.search(r"\.layers\.(\d+)\.", names[i])
-        if m:
-            return int(m.group(1)), i
-        return (-1 if "embed" in names[i] else 1 << 30), i
-    return [names[i] for i in sorted(range(len(names)), key=key)]
 
 
 def synthetic_tensors(cfg: dict, seed: int = 0):
