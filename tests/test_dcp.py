@@ -230,7 +230,7 @@ def test_force_fp8_goes_through_the_quantize_edge(tmp_path, hf, v2_tp):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # tiny shapes are off vLLM's 128 grid; the edge warns
         r = dcp_to_hf(v2_tp, tmp_path / "fp8", force_fp8=True, tokenizer_dir=hf[V2])
-        api.convert(hf[V2], tmp_path / "direct", to="fp8")
+        api.convert(hf[V2], tmp_path / "direct", to="fp8", options={"scale_fmt": "ling"})   # dcp2st's default
     assert r.route == ["dcp2st", "quantize"]
     cfg = json.loads((tmp_path / "fp8" / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "fp8"
