@@ -19,12 +19,11 @@ from .testing import TINY_MODELS, write_tiny
 
 def _parity(ref: Path, out: Path, lossless: bool) -> str:
     from .verify.logits import verify
+    from .verify.report import short
     rep = verify(ref, out)
-    # A lossless edge must reproduce the logits bit for bit, whatever the edge class allows.
+    # A lossless edge must reproduce every weight and the logits bit for bit, whatever the class allows.
     status = "PASS" if rep.passed and (rep.exact or not lossless) else "FAIL"
-    if rep.exact:
-        return f"{status} bit-exact"
-    return f"{status} max {rep.max_abs:.1e} kl {rep.kl_last:.1e} top1 {rep.top1:.0%}"
+    return f"{status}{' bit-exact' if rep.exact else ''} | {short(rep)}"
 
 
 def _input_for(edge, base: dict[str, Path], model_dir: Path) -> Path:

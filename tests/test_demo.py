@@ -29,4 +29,5 @@ def test_demo_covers_every_edge_and_passes(tmp_path):
 def test_demo_cli_exit_code(tmp_path, cli):
     code, out, err = cli("demo", "--workdir", tmp_path, "--json")
     assert code == 0, err
-    assert '"parity": "PASS bit-exact"' in out
+    # Every row shows the three passes: weights, every expert, logits.
+    assert '"parity": "PASS bit-exact | weights ' in out and "| experts " in out and "| logits bit-exact" in out

@@ -101,7 +101,9 @@ def test_layers_and_mtp(tiny, tmp_path):
     def edit_mtp(s):
         s["model.layers.3.eh_proj.weight"] = s["model.layers.3.eh_proj.weight"] * 2
     bad = write_variant(tmp_path / "mtpbad", "ling-mini-2", edit_mtp)
-    assert verify(tiny("ling-mini-2", "safetensors"), bad).exact          # MTP never feeds the main logits
+    assert verify(tiny("ling-mini-2", "safetensors"), bad, weights=False).exact   # MTP never feeds the logits
+    rep = verify(tiny("ling-mini-2", "safetensors"), bad)                          # but the weights pass sees it
+    assert not rep.passed and "model.layers.3.eh_proj.weight" in rep.failure
     assert not verify(tiny("ling-mini-2", "safetensors"), bad, mtp=True).passed
 
 
@@ -123,8 +125,12 @@ def test_single_checkpoint_with_nonfinite_logits_fails(tmp_path, cli):
 
 def test_tol_override(tiny, tmp_path, cli):
     bad = write_variant(tmp_path / "bad", "ling-lite", _perturb_one)
-    code, out, _ = cli("verify", tiny("ling-lite", "safetensors"), bad, "--json", "--tol", "kl=1e-2,top1=0.5")
+    # --tol loosens the logits pass only; the weights pass still sees the perturbed tensor.
+    code, out, _ = cli("verify", tiny("ling-lite", "safetensors"), bad, "--json", "--tol", "kl=1e-2,top1=0.5",
+                       "--logits-only")
     assert code == 0 and json.loads(out)["passed"]
+    code, out, _ = cli("verify", tiny("ling-lite", "safetensors"), bad, "--json", "--tol", "kl=1e-2,top1=0.5")
+    assert code == 1 and not json.loads(out)["weights"]["passed"]
 
 
 def test_bad_inputs(tiny, tmp_path, cli):

@@ -1,4 +1,4 @@
-"""`ling-convert verify A [B]`: logits parity through the reference forward pass."""
+"""`ling-convert verify A [B]`: weights, every expert and logits, through the reference forward pass."""
 
 from __future__ import annotations
 
@@ -48,13 +48,17 @@ def verify(a: Annotated[Path, typer.Argument(help="Checkpoint A (any format).")]
            tol: Annotated[Optional[str], typer.Option("--tol", help="Override: 1e-3 or kl=..,top1=..,cosine=..,max_abs=..")] = None,
            layers: Annotated[Optional[int], typer.Option("--layers", help="Compare hidden states after N layers.")] = None,
            mtp: Annotated[bool, typer.Option("--mtp", help="Also compare MTP-layer outputs.")] = False,
+           logits_only: Annotated[bool, typer.Option("--logits-only", help="Only the logits pass.")] = False,
+           weights_only: Annotated[bool, typer.Option("--weights-only", help="Only the weights pass.")] = False,
            as_json: JsonOpt = False):
-    """Prove logits parity between A and B (exit 0 pass, 1 fail)."""
+    """Judge B against A: every weight, every expert, the logits (exit 0 pass, 1 fail)."""
     from ..api import verify as run
     if seq_len < 1:
         raise BadInputError("--seq-len must be >= 1", fix="e.g. --seq-len 32")
+    if logits_only and weights_only:
+        raise BadInputError("--logits-only and --weights-only exclude each other", fix="give at most one")
     rep = run(a, b, tokens=parse_tokens(tokens), seq_len=seq_len, seed=seed, tol=parse_tol(tol), layers=layers,
-              mtp=mtp)
+              mtp=mtp, weights=not logits_only, logits=not weights_only)
     if as_json:
         emit_json(rep.to_dict())
     else:
@@ -72,10 +76,8 @@ def _render(rep) -> None:
         if not rep.passed:
             out.print("FAIL: the logits hold NaN or Inf values (a damaged or mis-converted weight)")
         return
-    t = Table("metric", "value", title=f"{rep.compared}: {rep.a} vs {rep.b} ({rep.edge_class})")
-    for k in ("max_abs", "mean_abs", "kl_last", "kl_mean", "top1", "cosine", "exact"):
-        t.add_row(k, f"{getattr(rep, k):.3e}" if isinstance(getattr(rep, k), float) else str(getattr(rep, k)))
-    for name, m in rep.mtp.items():
-        t.add_row(f"{name} max_abs", f"{m['max_abs']:.3e}")
+    t = Table("pass", "result", "detail", title=f"{rep.a} vs {rep.b} ({rep.edge_class})")
+    for row in rep.rows():
+        t.add_row(*row)
     out.print(t)
-    out.print(f"tolerance {rep.tolerance}: {'PASS' if rep.passed else 'FAIL'}")
+    out.print(f"{'PASS' if rep.passed else 'FAIL'}" + (f": {rep.failure}" if rep.failure else ""))

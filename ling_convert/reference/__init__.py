@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import bailing_moe_linear  # noqa: F401  (registers the hybrid-linear architectures)
 from .common import ReferenceOutput, WeightFn, normalize_rope_scaling
-from .registry import ARCHITECTURES, register_architecture, run_reference
+from .registry import ARCHITECTURES, forward_for, register_architecture, run_reference
 
-__all__ = ["ARCHITECTURES", "ReferenceOutput", "WeightFn", "normalize_rope_scaling", "register_architecture",
-           "run_reference"]
+__all__ = ["ARCHITECTURES", "ReferenceOutput", "WeightFn", "forward_for", "normalize_rope_scaling",
+           "register_architecture", "run_reference"]

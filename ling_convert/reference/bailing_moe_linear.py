@@ -263,12 +263,27 @@ def _forward(config: dict, weight: WeightFn, tokens: torch.Tensor, *, layers: in
         h = run(h, LayerWeights(weight, f"model.layers.{i}."), i, cos, sin)
     if layers is not None:
         return ReferenceOutput(logits=None, hidden=h)
+    return head(args, generation, weight, h, tokens, cos, sin, mtp=mtp)
+
+
+def head(args, generation: int, weight: WeightFn, h: torch.Tensor, tokens: torch.Tensor, cos: torch.Tensor,
+         sin: torch.Tensor, *, mtp: bool) -> ReferenceOutput:
+    """Final norm, logits and (v2) MTP logits from the last layer's hidden states h [B, T, H]."""
     normed = rms_norm(h, weight("model.norm.weight").float(), args.rms_norm_eps)
     norm_head = args.norm_head if generation == 1 else False  # the v2 code never reads norm_head
     logits = lm_head(weight, normed, tied=args.tie_word_embeddings, norm_head=norm_head)
     # NOTE: MTP layers keep softmax attention (inferred; no public v2-linear MTP code).
     extra = v2.run_mtp(normed, tokens, args, weight, cos, sin) if mtp else []
     return ReferenceOutput(logits=logits, hidden=h, mtp_logits=extra)
+
+
+def stepper(config: dict, t: int, linear_form: str = "chunked"):
+    """(args, generation, cos, sin, layer) for stepping a model one layer at a time beside another.
+
+    ``layer(h, w, index, cos, sin) -> h``; works for the hybrids and their softmax bases (v1, v2).
+    """
+    args, generation, cos, sin = _setup(config, t)
+    return args, generation, cos, sin, _layer_fn(args, generation, linear_form)
 
 
 def forward_v1(config: dict, weight: WeightFn, tokens: torch.Tensor, *, layers: int | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,6 +28,9 @@ HEAD_CHUNK_ROWS = 16384
 YARN_DEFAULTS = {"original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
                  "mscale": 1.0, "mscale_all_dim": 0.0}
 _REQUIRED = object()
+# Called as tap(flat [N, H], idx [N, k], w) in every MoE block when set: verify's every-expert pass
+# reads each MoE layer's real input there (ling_convert/verify/experts.py).
+MOE_TAP: ContextVar = ContextVar("moe_tap", default=None)
 
 
 @dataclass
@@ -261,6 +265,9 @@ def moe_block(x: torch.Tensor, w: LayerWeights, args: CommonArgs, router) -> tor
     """Routed experts plus the shared MLP for x [B, T, H]; ``router`` maps [N, H] -> (idx, gates)."""
     flat = x.reshape(-1, x.shape[-1])  # [B, T, H] -> [N, H]
     idx, gates = router(flat, w)  # [N, k] each
+    tap = MOE_TAP.get()
+    if tap is not None:
+        tap(flat, idx, w)
     out = mix_experts(flat, idx, gates, w)
     if args.num_shared_experts:
         out = out + dense_mlp(flat, w, "mlp.shared_experts.")

@@ -40,6 +40,13 @@ def run_reference(config: dict, weight: WeightFn, tokens: torch.Tensor, *, layer
 
     >>> out = run_reference(config, weight, torch.tensor([[5, 6, 7]]), layers=1)  # doctest: +SKIP
     """
+    fn = forward_for(config)
+    with torch.no_grad():
+        return fn(config, weight, tokens, layers=layers, mtp=mtp)
+
+
+def forward_for(config: dict) -> ForwardFn:
+    """The registered forward for ``architectures[0]``; a ValueError names an unknown or refused one."""
     archs = config.get("architectures") or []
     if not archs:
         raise ValueError("config.json has no 'architectures' entry; cannot pick a reference forward")
@@ -50,5 +57,4 @@ def run_reference(config: dict, weight: WeightFn, tokens: torch.Tensor, *, layer
     if fn is None:
         known = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"unknown architecture {name!r} in config.json (known: {known})")
-    with torch.no_grad():
-        return fn(config, weight, tokens, layers=layers, mtp=mtp)
+    return fn

@@ -1,8 +1,10 @@
-"""`verify`: logits parity between any two checkpoints, in any format, via the reference.
+"""`verify`: judge checkpoint B against A, in any formats, in three passes.
 
-Both checkpoints are opened lazily and routed to canonical HF names (FP8 and
-GGUF readers dequantize on the way); the reference forward pulls weights one
-layer at a time, so memory is one layer plus embeddings and head.
+Both checkpoints are opened lazily and routed to canonical HF names (FP8 and GGUF readers
+dequantize on the way). Weights pass: every tensor within its format's bound (weights.py).
+Every-expert pass: each expert of A and B on the MoE layer's real input (experts.py).
+Logits pass: the reference forward of A and B stepped side by side, layer by layer
+(stream.py), so memory is about one tensor plus embeddings and head.
 
     >>> rep = verify("Ling-lite-bin/", "Ling-lite-st/")        # doctest: +SKIP
     >>> rep.passed, rep.max_abs                                # doctest: +SKIP
@@ -16,9 +18,14 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline import prepare
-from ..core.errors import BadInputError, UnknownTensorError
+from ..core.errors import BadInputError
 from ..core.source import Source
+from ..formats import open_source
+from ..pipeline import prepare
+from ..quant.fp8_block import FP8Block
+from .experts import ExpertsCheck
+from .stream import first_diverged, run_pair, weight_fn
+from .weights import Side, lossy_origin, read_manifest, weights_pass
 
 # Default pass criteria per edge class, set from measurements on the tiny models
 # (see tests and the README). Lossless routes must reproduce logits bit for bit.
@@ -57,23 +64,26 @@ class VerifyReport:
     passed: bool = True
     mtp: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)  # single-checkpoint mode
+    weights: dict = field(default_factory=dict)  # the three passes (empty when switched off)
+    experts: dict = field(default_factory=dict)
+    logits: dict = field(default_factory=dict)
+    failure: str = ""                            # one line naming what failed
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.b is None:   # nothing was compared: only the summary
+            return {k: d[k] for k in ("a", "tokens", "summary")}
+        return d
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(pass, PASS/FAIL, detail) per pass, for a table."""
+        from .report import pass_rows
+        return pass_rows(self)
 
 
 def _open(path) -> Source:
     src, _ = prepare(path, "safetensors")
     return src
-
-
-def _weight_fn(src: Source):
-    def weight(name: str) -> torch.Tensor:
-        if name not in src.infos:
-            raise UnknownTensorError("checkpoint lacks a tensor the reference needs", path=src.path, tensor=name,
-                                     fix="the checkpoint is incomplete or its config does not match it")
-        return src.load(name)
-    return weight
 
 
 EMBEDDING = "model.word_embeddings.weight"
@@ -92,18 +102,6 @@ def _check_runnable(src: Source) -> None:
                             fix="correct the config (`ling-convert config validate` lists every problem)")
 
 
-def _forward(src: Source, ids: torch.Tensor, **kw):
-    """The reference forward; its ValueErrors are config/tensor disagreements (bad input), not bugs."""
-    from ..reference import run_reference
-    _check_runnable(src)
-    try:
-        return run_reference(src.config, _weight_fn(src), ids, **kw)
-    except ValueError as e:
-        raise BadInputError(str(e), path=src.path,
-                            fix="the config does not describe these tensors; check it with `ling-convert config "
-                                "validate`") from e
-
-
 def make_tokens(cfg: dict, tokens: list[int] | None, seq_len: int, seed: int) -> torch.Tensor:
     vocab = int(cfg["vocab_size"])
     if tokens:
@@ -116,13 +114,13 @@ def make_tokens(cfg: dict, tokens: list[int] | None, seq_len: int, seed: int) ->
     return torch.randint(0, vocab, (seq_len,), generator=g)
 
 
-def edge_class(a: Source, b: Source) -> str:
-    for s in (a, b):
-        fmt = s.source_format
-        if fmt == "fp8":
-            return "fp8"
-        if fmt == "gguf":
-            return f"gguf-{s.storage_type or 'f32'}"
+def edge_class(a: Source, b: Source, ma: dict | None = None, mb: dict | None = None) -> str:
+    """'exact', 'fp8' or 'gguf-<type>' from what the checkpoints are, manifests (`ma`, `mb`) included:
+    a safetensors dir imported from a q8_0 GGUF is judged as q8_0."""
+    for s, m in ((a, ma), (b, mb)):
+        lossy = lossy_origin(s, m or {})
+        if lossy:
+            return lossy
     return "exact"
 
 
@@ -173,32 +171,102 @@ def passes(m: dict, tol: dict) -> bool:
     return bool(ok)
 
 
+def _side(src: Source) -> Side:
+    """The weights pass's view of one opened checkpoint: manifest, and FP8 codes + scales when stored."""
+    man = read_manifest(src.path) if Path(src.path).is_dir() else {}
+    side = Side(src, lossy=None, manifest=man)
+    side.lossy = lossy_origin(src, man)
+    if src.source_format == "fp8":
+        side.raw = open_source(src.path, "fp8")
+        side.block = FP8Block.block_of((side.raw.config or {}).get("quantization_config"))
+    elif side.lossy == "fp8" and isinstance(block := (man.get("notes") or {}).get("fp8", {}).get("block"), list):
+        side.block = tuple(block)
+    return side
+
+
 def verify(a: str | Path, b: str | Path | None = None, *, tokens: list[int] | None = None, seq_len: int = 32,
-           seed: int = 0, tol: dict | None = None, layers: int | None = None, mtp: bool = False) -> VerifyReport:
-    """Run the reference on A (and B) and compare logits; `b=None` summarises A alone."""
+           seed: int = 0, tol: dict | None = None, layers: int | None = None, mtp: bool = False,
+           weights: bool = True, logits: bool = True) -> VerifyReport:
+    """Judge B against A in three passes (weights, every expert, logits); `b=None` summarises A alone.
+
+    `weights=False` (--logits-only) skips the weights and every-expert passes; `logits=False`
+    (--weights-only) skips the forward.
+    """
     sa = _open(a)
+    _check_runnable(sa)
     ids = make_tokens(sa.config, tokens, seq_len, seed)
-    ra = _forward(sa, ids, layers=layers, mtp=mtp)
     rep = VerifyReport(str(a), str(b) if b is not None else None, ids.tolist())
     if b is None:
-        rep.summary = _summary(ra, layers)
+        res = run_pair(sa, None, ids, layers=layers, mtp=mtp)
+        rep.summary = _summary(res.a, layers)
         rep.passed = rep.summary["finite"]   # NaN/Inf logits: the checkpoint is broken, exit 1 in CI
         return rep
     sb = _open(b)
     _check_compatible(sa, sb)
-    rb = _forward(sb, ids, layers=layers, mtp=mtp)
-    rep.edge_class = edge_class(sa, sb)
+    _check_runnable(sb)
+    side_a, side_b = _side(sa), _side(sb)
+    rep.edge_class = edge_class(sa, sb, side_a.manifest, side_b.manifest)
     rep.tolerance = dict(tol or TOLERANCES.get(rep.edge_class, TOLERANCES["exact"]))
-    xa, xb = (ra.hidden, rb.hidden) if layers else (ra.logits, rb.logits)
+    if weights:
+        rep.weights = weights_pass(side_a, side_b, rep.edge_class)
+    if logits:
+        _logits_pass(rep, sa, sb, ids, layers, mtp, experts=weights)
+    rep.passed = all(sec["passed"] for sec in (rep.weights, rep.experts, rep.logits) if sec)
+    rep.exact = _all_exact(rep)
+    rep.failure = failure_line(rep)
+    return rep
+
+
+def _logits_pass(rep: VerifyReport, sa: Source, sb: Source, ids, layers, mtp, *, experts: bool) -> None:
+    check = ExpertsCheck(weight_fn(sb), sa.infos.__contains__, rep.edge_class) if experts else None
+    res = run_pair(sa, sb, ids, layers=layers, mtp=mtp, tap=check)
+    xa, xb = (res.a.hidden, res.b.hidden) if layers else (res.a.logits, res.b.logits)
     rep.compared = f"hidden@{layers}" if layers else "logits"
     m = compare(xa, xb)
     for k, v in m.items():
         setattr(rep, k, v)
-    rep.passed = passes(m, rep.tolerance)
-    if mtp and ra.mtp_logits:
-        rep.mtp = {f"mtp{i}": compare(x, y) for i, (x, y) in enumerate(zip(ra.mtp_logits, rb.mtp_logits))}
-        rep.passed &= all(passes(v, rep.tolerance) for v in rep.mtp.values())
-    return rep
+    ok = passes(m, rep.tolerance)
+    if mtp and res.a.mtp_logits:
+        rep.mtp = {f"mtp{i}": compare(x, y) for i, (x, y) in enumerate(zip(res.a.mtp_logits, res.b.mtp_logits))}
+        ok &= all(passes(v, rep.tolerance) for v in rep.mtp.values())
+    rep.logits = {"passed": bool(ok), "compared": rep.compared, **m, "tolerance": rep.tolerance,
+                  "hidden": res.layers, "first_diverging_layer": None if ok else first_diverged(res.layers,
+                                                                                               rep.edge_class)}
+    if check is not None:
+        rep.experts = check.report()
+
+
+def _all_exact(rep: VerifyReport) -> bool:
+    """Every pass that ran found no difference at all."""
+    ok = rep.exact if rep.logits else True
+    if rep.weights:
+        ok &= all(r["max_err"] == 0.0 for r in rep.weights["worst"]) and rep.weights["passed"]
+    if rep.experts:
+        ok &= all(row["worst_rel"] == 0.0 for row in rep.experts["layers"])
+    return bool(ok)
+
+
+def failure_line(rep: VerifyReport) -> str:
+    """One line naming what failed: tensors, experts, the first diverging layer."""
+    parts = []
+    w = rep.weights
+    if w and not w["passed"]:
+        names = [f"{r['tensor']} ({r['rule']}: max err {r['max_err']:.2e}"
+                 + (f", {r['bound_ratio']:.3g}x its bound)" if r["rule"] != "exact" else ")") for r in w["failed"][:3]]
+        names += [f"missing {n}" for n in w["missing"][:2]] + [f"extra {n}" for n in w["extra"][:2]]
+        names += [f"shape differs {n}" for n in w["shape_mismatch"][:2]]
+        more = len(w["failed"]) + len(w["missing"]) + len(w["extra"]) + len(w["shape_mismatch"]) - len(names)
+        parts.append("weights: " + "; ".join(names) + (f" (+{more} more)" if more > 0 else ""))
+    e = rep.experts
+    if e and not e["passed"]:
+        swaps = [f"layer {l}: experts {x} and {y} swapped" for l, x, y in e["swapped"][:2]]
+        parts.append("experts: " + "; ".join(swaps + e["failed"][:3]) + f" ({len(e['failed'])} differ)")
+    lg = rep.logits
+    if lg and not lg["passed"]:
+        where = lg["first_diverging_layer"]
+        parts.append(f"{lg['compared']}: outside {rep.tolerance}" +
+                     (f"; first diverging layer {where}" if where is not None else ""))
+    return " | ".join(parts)
 
 
 def _summary(r, layers) -> dict:
