@@ -136,7 +136,8 @@ def bench_edge(edge: str, srcs: dict, work: Path) -> dict:
         row[f"{key}_s"], row[f"pss_{key}_mb"] = r["wall"], r["pss_mb"]
         row[f"{key}_vs_cp_sync"] = r["wall"] / row["cp_sync_s"]
         out.unlink() if out.is_file() else shutil.rmtree(out, ignore_errors=True)
-    row["net_2v1"] = (row["w1_s"] - row["startup_s"]) / max(1e-9, row["w2_s"] - row["startup_s"])
+    net1, net2 = row["w1_s"] - row["startup_s"], row["w2_s"] - row["startup_s"]
+    row["net_2v1"] = net1 / net2 if net1 > 0 and net2 > 0 else "-"     # "-": start-up noise exceeds the work
     return row
 
 
@@ -149,7 +150,10 @@ def main() -> None:
     edges = a.edges.split(",")
     a.workdir.mkdir(parents=True, exist_ok=True)
     srcs = sources({EDGES[e][0] for e in edges}, a.size_gb, a.workdir)
-    rows = [bench_edge(e, srcs, a.workdir) for e in edges]
+    rows = []
+    for e in edges:
+        rows.append(bench_edge(e, srcs, a.workdir))
+        print(rows[-1], file=sys.stderr, flush=True)      # a long run keeps what it measured so far
     cols = ["edge", "src_gb", "cp_sync_s", "startup_s", "w1_s", "w2_s", "w1_vs_cp_sync", "w2_vs_cp_sync",
             "net_2v1", "pss_w1_mb", "pss_w2_mb"]
     if cores() > 2:
