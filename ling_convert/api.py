@@ -33,6 +33,7 @@ from .hub import quiet_clients
 from .hub.sync import pull, push
 from .model import arch as arch_mod
 from .model.config import ModelConfig
+from .model.counts import check_counts
 from .pipeline import HF_NAMED, ConvertResult, check_complete, convert, execute, open_checkpoint, prepare, with_config_from
 from .pipeline.parallel import HF_TARGETS, convert_parallel, world
 from .verify import VerifyReport, verify
@@ -65,6 +66,7 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
     info["dtypes"] = dict(sorted(dtypes.items()))
     try:
         a = arch_mod.detect_architecture(cfg, src.path)
+        check_counts(a, src)
     except Exception as e:  # inspect still reports what it can about the files
         info["architecture"] = None
         info["architecture_error"] = str(e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -44,6 +45,9 @@ def _report(r, as_json: bool) -> None:
     if r.dry_run:
         for s in r.shards:
             out.print(f"  {s['file']}: {s['tensors']} tensors, {human_bytes(s['bytes'])}")
+        if r.config is not None:       # derived from common.pt args unless --config-from: show what it says
+            out.print("config.json:\n" + json.dumps(r.config, indent=2, sort_keys=True), markup=False,
+                      highlight=False, soft_wrap=True)
     out.print("dry run: no tensor data read, nothing written" if r.dry_run else f"wrote {r.output}")
 
 

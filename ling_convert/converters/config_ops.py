@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core import bounded
 from ..formats.gguf import config as config_gguf
 from ..model.config_rewrite import apply_yarn, check_factor, check_positive_int, diff, normalize_config, remove_yarn
 from ..model.config_schema import schema_for, validate_config
@@ -43,6 +44,7 @@ class Target:
 def _is_gguf(path: Path) -> bool:
     if path.suffix == ".gguf":
         return True
+    bounded.regular_file(path)      # a FIFO would block the read below
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"
@@ -66,7 +68,7 @@ def open_target(path: str | Path) -> Target:
         if _is_gguf(path):
             return Target(path, "gguf", path.parent)
         return Target(path, "json", path.parent, {path.name: _load_json(path)})
-    if not (path / CONFIG).is_file():
+    if not bounded.exists(path / CONFIG):     # present but not a regular file: read_config says why
         raise BadInputError(f"no {CONFIG} in this directory", path=path,
                             fix="pass an HF/MindIE model directory, a config.json file or a .gguf file")
     names = [CONFIG] + ([MINDIE_BACKUP] if (path / MINDIE_BACKUP).is_file() else [])

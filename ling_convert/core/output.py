@@ -376,9 +376,9 @@ def parse_size(text: str | int) -> int:
     else:
         num, mult = s, 1
     try:
-        value = int(float(num) * mult)
-    except ValueError:
-        raise BadInputError(f"cannot parse size {text!r}", fix="use e.g. 5GB, 500MB or 2GiB") from None
+        value = int(float(num) * mult)      # inf and nan raise here too
+    except (ValueError, OverflowError):
+        raise BadInputError(f"cannot parse size {text!r} as a finite size", fix="use e.g. 5GB, 500MB or 2GiB") from None
     if value <= 0:
         raise BadInputError(f"size {text!r} must be positive", fix="use e.g. 5GB")
     return value

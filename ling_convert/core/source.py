@@ -188,11 +188,17 @@ def ordered(names: Iterable[str]) -> list[str]:
 
 def contained(base: Path, rel: str, *, what: str, origin: Path) -> Path:
     """Resolve `rel` under `base`, refusing absolute paths and escapes (`..`, symlinks)."""
+    if "\0" in rel:
+        raise BadInputError(f"{what} name {rel!r} holds a NUL byte", path=origin,
+                            fix="only plain file names inside the checkpoint directory are allowed")
     p = Path(rel)
     if not rel or p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or "\\" in rel:
         raise_unsafe(rel, what, origin)
-    base_r = base.resolve()
-    full = (base / p).resolve()
+    try:
+        base_r, full = base.resolve(), (base / p).resolve()
+    except (RuntimeError, OSError):      # Python 3.11 raises RuntimeError on a symlink loop
+        raise BadInputError(f"{what} {rel!r} is a symlink loop", path=origin,
+                            fix="point the link at a real file") from None
     if full != base_r and base_r not in full.parents:
         raise_unsafe(rel, what, origin)
     return base / p

@@ -12,11 +12,11 @@ A format module calls `register(Format(...))` at import time with:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..core import bounded
 from ..core.errors import BadInputError, ConfigSchemaError
 from ..core.source import Source
 from ..core.plugins import load_modules
@@ -90,12 +90,12 @@ CONFIG = "config.json"
 
 def read_config(root: Path, name: str = CONFIG) -> dict | None:
     p = root / name
-    if not p.exists():
+    if not bounded.exists(p):
         return None
     try:
-        cfg = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigSchemaError(f"not valid JSON ({e})", path=p, fix="repair or replace config.json") from None
+        cfg = bounded.load_json(p, name)
+    except BadInputError as e:
+        raise ConfigSchemaError(e.message, path=p, fix="repair or replace config.json") from None
     if not isinstance(cfg, dict):
         raise ConfigSchemaError("must hold a JSON object", path=p, fix="repair or replace config.json")
     return cfg

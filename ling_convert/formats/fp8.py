@@ -11,9 +11,9 @@ them into bf16 for every other route, `verify` included.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..core import bounded
 from . import Format, read_config, register
 from . import safetensors as st
 from ..core.errors import LingConvertError
@@ -25,11 +25,11 @@ SCALE_SUFFIX = FP8Block.scale_suffix
 def _tensor_names(path: Path) -> list[str]:
     """Names from the index when there is one, else from each file's header (cheap, no data)."""
     idx = path / st.INDEX
-    if idx.is_file():
+    if bounded.exists(idx):
         try:
-            return list(json.loads(idx.read_text()).get("weight_map", {}))
-        except (ValueError, AttributeError):
-            return []
+            return list(st.read_index(idx))
+        except LingConvertError:
+            return []     # the safetensors reader reports a broken index, with its message
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     names: list[str] = []
     for f in files:

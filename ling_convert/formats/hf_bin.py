@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import BadInputError, CorruptFileError, UnsafePickleError
-from ..core.source import RawRange, Source, TensorInfo, is_contiguous
+from ..core import bounded
+from ..core.errors import BadInputError, CorruptFileError, UnsafePickleError, UnsupportedError
+from ..core.source import ST_NAMES, RawRange, Source, TensorInfo, is_contiguous
 from . import Format, aux_files, read_config, register
 from .safetensors import pread_flat, shard_files
 
@@ -28,14 +29,49 @@ SINGLE = "pytorch_model.bin"
 def detect(path: Path) -> bool:
     if path.is_file():
         return path.suffix in (".bin", ".pt", ".pth")
-    return (path / INDEX).exists() or (path / SINGLE).exists() or any(path.glob("pytorch_model*.bin"))
+    return bounded.exists(path / INDEX) or bounded.exists(path / SINGLE) or any(path.glob("pytorch_model*.bin"))
+
+
+MAX_PICKLE = 32 << 20       # data.pkl of a shard with 10^5 tensors is ~10 MB
+MAX_BUILDS = 1_000_000      # objects the pickle may build; a tensor costs two (rebuild + its hooks dict)
+
+
+def _check_pickle(file: Path) -> None:
+    """Bound the archive's pickle before torch inflates or runs it: by its unpacked size (a deflated
+    data.pkl can inflate to gigabytes) and by how many objects it can build (a byte count of the
+    building opcodes is an upper bound, found at C speed)."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            pkls = [i for i in z.infolist() if i.filename.endswith("data.pkl")]
+            if len(pkls) != 1 or pkls[0].file_size > MAX_PICKLE:
+                what = f"{len(pkls)} data.pkl records" if len(pkls) != 1 else f"a {pkls[0].file_size}-byte data.pkl"
+                raise CorruptFileError(f"archive holds {what}; a state dict has one of at most {MAX_PICKLE} bytes",
+                                       path=file, fix="re-save it with torch.save, or convert it elsewhere")
+            data = z.read(pkls[0])
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+        raise CorruptFileError(f"cannot read torch archive ({str(e).splitlines()[0][:200] if str(e) else e!r})",
+                               path=file, fix="the file is truncated or damaged; re-download it") from None
+    bounded.check_pickle(data, file, max_builds=MAX_BUILDS, what="data.pkl")
+
+
+def _check_tensors(file: Path, sd: dict) -> None:
+    """Refuse, by name, tensors that have no safetensors form (before their storages are located)."""
+    for name, t in sd.items():
+        kind = ("sparse" if t.layout != torch.strided else "quantised" if t.is_quantized
+                else None if t.dtype in ST_NAMES else str(t.dtype).replace("torch.", ""))
+        if kind is not None:
+            raise UnsupportedError(f"{kind} tensor ({t.dtype}, {t.layout}) has no safetensors form", path=file,
+                                   tensor=name, fix="save dense tensors of a float, int8/16/32/64, uint8 or bool "
+                                                    "dtype")
 
 
 def load_state(file: Path) -> dict[str, torch.Tensor]:
     """Open one .bin safely; every failure becomes a one-line error naming the file."""
+    bounded.regular_file(file, ".bin file")
     if not zipfile.is_zipfile(file):
         raise CorruptFileError("not a torch zip archive (truncated, or a legacy non-zip .bin)", path=file,
                                fix="re-download it, or re-save it with torch.save in a current torch")
+    _check_pickle(file)
     try:
         sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -49,6 +85,7 @@ def load_state(file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise BadInputError("expected a flat dict of name -> tensor", path=file,
                             fix="save model.state_dict() itself, not a wrapper object")
+    _check_tensors(file, sd)
     return sd
 
 
@@ -139,7 +176,7 @@ def open_source(path: Path) -> Source:
         files = [path]
     else:
         wm = shard_files(path, INDEX)
-        files = sorted(set(wm.values())) if wm else ([path / SINGLE] if (path / SINGLE).exists()
+        files = sorted(set(wm.values())) if wm else ([path / SINGLE] if bounded.exists(path / SINGLE)
                                                       else sorted(path.glob("pytorch_model*.bin")))
     infos, thunks = {}, {}
     for file in files:

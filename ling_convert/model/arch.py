@@ -123,6 +123,10 @@ def check_config(a: Architecture, cfg: dict, where=None) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigSchemaError(f"field {key!r} must be a number, got {v!r}", path=where,
                                     fix=f"set {key!r} to a number")
+        # Counts size loops and divisions (head_dim = hidden / heads): positive integers only.
+        if v <= 0 or (not key.endswith("_eps") and not isinstance(v, int)):
+            raise ConfigSchemaError(f"field {key!r} must be a positive {'number' if key.endswith('_eps') else 'integer'}"
+                                    f", got {v!r}", path=where, fix=f"set {key!r} as in the published config")
 
 
 def param_counts(a: Architecture, cfg: dict, infos: dict) -> dict:

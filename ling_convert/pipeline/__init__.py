@@ -20,6 +20,7 @@ from ..formats.safetensors import iter_shard_plan
 from ..formats.writer import DEFAULT_SHARD, WriteOptions
 from ..hub.sync import resolve_source
 from ..model import arch as arch_mod
+from ..model.counts import check_counts
 
 # Formats whose tensor names are the canonical HF names (others map to them by an edge).
 HF_NAMED = ("bin", "safetensors")
@@ -37,6 +38,7 @@ class ConvertResult:
     dry_run: bool = False
     workers: int = 1
     workers_why: str = "one process"       # what set the number of worker processes (cores, memory, --workers)
+    config: dict | None = None      # a dry run's config.json as it would be written
 
 
 def open_checkpoint(path: str | Path, fmt: str | None = None) -> Source:
@@ -69,10 +71,11 @@ def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
     src = open_checkpoint(src_path, from_format)
     if (options or {}).get("config_from"):
         src = with_config_from(src, options["config_from"])
+    if src.config is None and src.notes.get("config_error"):     # e.g. DCP args that cannot give a config
+        raise ConfigSchemaError(src.notes["config_error"])
+    check_counts(arch_mod.detect_architecture(src.config, src.path), src)
     if src.format in HF_NAMED:
         check_complete(src)
-    else:
-        arch_mod.detect_architecture(src.config, src.path)
     route = plan_route(src.format, to)
     check_options(route, get_format(to).options, options or {})
     out = apply_route(src, route, options or {})
@@ -124,6 +127,7 @@ def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_si
     result = ConvertResult(None, [e.name for e in route], lazy.source_format, to, len(lazy.infos), lazy.total_bytes,
                            dry_run=dry_run, workers=workers[0], workers_why=workers[1])
     if dry_run:
+        result.config = lazy.config
         result.shards = [{"file": f, "tensors": len(t), "bytes": b}
                          for f, t, b in iter_shard_plan(lazy, parse_size(max_shard_size))]
         return result

@@ -367,4 +367,4 @@ def _(w, c):
 
 
 # The other readers' cases register into CASES too (imported last: they use `case`).
-from . import corpus_formats, corpus_gguf_mindie  # noqa: E402,F401
+from . import corpus_bounds, corpus_formats, corpus_gguf_mindie  # noqa: E402,F401

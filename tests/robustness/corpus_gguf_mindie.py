@@ -9,7 +9,6 @@ from pathlib import Path
 from .corpus import case
 from .corpus_formats import copy_of
 
-
 # -- GGUF --------------------------------------------------------------------------------------
 
 def gguf_layout(data: bytes) -> dict:
@@ -42,6 +41,7 @@ def gguf_layout(data: bytes) -> dict:
         if vt == 8:
             out["kv_strlen_at"].append(pos + 4)
         pos = value(pos + 4, vt)
+    out["infos_at"] = pos
     for _ in range(n_t):
         pos, _ = string(pos)
         (nd,) = struct.unpack_from("<I", data, pos)

@@ -14,7 +14,10 @@ run. Each child is the real CLI: its own process group, fds 1/2 redirected to fi
                  "os.rename@out": the first whose source or destination path ends with "out")
                  until `release(pid)`; `held(pid)` waits until it is paused there;
   fsize=n        RLIMIT_FSIZE n bytes with SIGXFSZ ignored (writes then fail with EFBIG);
-  env={...}      extra environment variables.
+  env={...}      extra environment variables;
+  limit_s=t      SIGALRM ends the run after t seconds (rc -14: a hang fails the test instead of stalling it);
+  mem_mb=m       address space capped at start + m MiB (a blow-up fails fast instead of swapping the
+                 machine); the RSS growth over the run is reported as Result.grew_mb.
 
 Start with `start()`, wait with `wait(pid)`; `run()` does both. Start-up is ~4 s once,
 then ~10 ms per run, which is what keeps the kill and corpus suites inside the CI budget.
@@ -51,6 +54,11 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 EVENTS = {"open", "os.rename", "os.remove", "os.mkdir", "os.rmdir", "os.chmod", "os.truncate",
           "shutil.copyfile", "shutil.rmtree", "os.link", "os.symlink"}
 
+def _status(field):
+    # kB figures of this process from /proc (VmHWM: peak resident set since the fork)
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+
 def child(req):
     os.setpgid(0, 0)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -61,6 +69,12 @@ def child(req):
         os.close(f)
     os.chdir(req.get("cwd") or os.getcwd())
     os.environ.update(req.get("env") or {})
+    if req.get("limit_s"):
+        signal.alarm(int(req["limit_s"]))
+    if req.get("mem_mb"):
+        vsz = int(_status("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, ((vsz + req["mem_mb"] * 1024) * 1024,) * 2)
+    rss0 = _status("VmRSS")
     if req.get("fsize") is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (req["fsize"], req["fsize"]))
@@ -95,6 +109,8 @@ def child(req):
         code = 99
     sys.stdout.flush()
     sys.stderr.flush()
+    with open(req["prefix"] + ".grew", "w") as f:
+        f.write(str((_status("VmHWM") - rss0) // 1024))
     if counting:
         with open(req["prefix"] + ".events", "w") as f:
             f.write(str(seen[0]))
@@ -127,6 +143,7 @@ class Result:
     stderr: str
     events: int | None       # file-system events counted (count=True or kill_at)
     maxrss_mb: float = 0.0   # peak resident memory of the run (pages shared with the zygote included)
+    grew_mb: int | None = None   # peak RSS over the RSS at the fork, MiB (None if the child was killed)
 
     @property
     def lines(self) -> list[str]:
@@ -153,12 +170,13 @@ class Zygote:
         return json.loads(line)
 
     def start(self, *argv, kill_at: int | None = None, count: bool = False, fsize: int | None = None,
-              hold: int | str | None = None, env: dict | None = None, cwd: str | Path | None = None) -> int:
+              hold: int | str | None = None, env: dict | None = None, cwd: str | Path | None = None,
+              limit_s: int | None = None, mem_mb: int | None = None) -> int:
         self._n += 1
         prefix = str(self.workdir / f"run{self._n}")
         pid = self._ask({"op": "start", "argv": [str(a) for a in argv], "prefix": prefix, "kill_at": kill_at,
                          "count": count, "fsize": fsize, "hold": hold, "env": env or {},
-                         "cwd": str(cwd) if cwd else None})["pid"]
+                         "cwd": str(cwd) if cwd else None, "limit_s": limit_s, "mem_mb": mem_mb})["pid"]
         self._prefix[pid] = prefix
         return pid
 
@@ -179,9 +197,9 @@ class Zygote:
         rc = reply["rc"]
         prefix = Path(self._prefix.pop(pid))
         read = lambda ext: Path(f"{prefix}.{ext}").read_text(errors="replace") if Path(f"{prefix}.{ext}").exists() else ""  # noqa: E731
-        ev = read("events")
+        ev, grew = read("events"), read("grew")
         return Result(rc, read("stdout"), read("stderr"), int(ev) if ev.strip() else None,
-                      reply.get("maxrss_kb", 0) / 1024)
+                      reply.get("maxrss_kb", 0) / 1024, int(grew) if grew.strip() else None)
 
     def run(self, *argv, **kw) -> Result:
         return self.wait(self.start(*argv, **kw))

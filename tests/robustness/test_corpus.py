@@ -9,7 +9,12 @@ are readable inputs a check must report (exit 1, the finding on stdout).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import signal
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +45,7 @@ COMMANDS = {
 HF = ("inspect", "convert", "verify", "config validate", "quantize", "to-gguf", "st2dcp", "to-mindie")
 MINDIE = ("inspect", "convert", "verify", "config validate", "from-mindie")
 READERS = {
-    "st": HF, "index": HF, "config": HF, "bf16": HF + ("convert --to fp8",),
+    "st": HF, "index": HF, "config": HF, "config-counts": HF, "bf16": HF + ("convert --to fp8",),
     "bin": ("inspect", "convert", "verify", "bin2st", "quantize", "to-gguf"),
     "dcp": ("inspect", "convert", "verify", "dcp2st"),
     "fp8": ("inspect", "convert", "verify", "dequantize", "to-gguf"),
@@ -66,13 +71,20 @@ NOT_READ: dict[tuple[str, str], str] = {
     **_pairs(("config: layers disagree", "config: vocab_size", "config: hidden_size",
               "config: num_attention_heads"), ("config validate",),
              "the config is valid on its own; only the tensors contradict it, and config validate reads no tensors"),
-    **_pairs(("config: vocab_size", "config: hidden_size", "config: num_attention_heads", "config: yarn",
-              "config: num_experts_per_tok"), ("convert", "quantize", "to-mindie"),
+    **_pairs(("config: vocab_size", "config: yarn", "config: num_experts_per_tok"), ("convert", "quantize", "to-mindie"),
              "copies config and tensors through unchanged (no shape maths); verify and config validate judge them"),
     **_pairs(("config: vocab_size", "config: yarn", "config: num_experts_per_tok"), ("st2dcp",),
              "Megatron args carry the fields as given; no tensor shape depends on them"),
     **_pairs(("config: num_experts_per_tok",), ("to-gguf",),
              "written to GGUF as expert_used_count as given; no tensor shape depends on it"),
+    **_pairs(("config: num_hidden_layers of", "config: num_experts of", "config: zero attention heads",
+              "config: head_dim disagrees"), ("inspect",),
+             "inspect reports a config its tensors contradict as architecture_error and still describes the files"),
+    **_pairs(("config: num_hidden_layers of", "config: num_experts of", "config: head_dim disagrees"),
+             ("config validate",),
+             "the config is valid on its own; only the tensors contradict it, and config validate reads no tensors"),
+    **_pairs(("dcp: common.pt args",), ("inspect",),
+             "inspect reports a config it cannot derive as architecture_error and still describes the files"),
     **_pairs(("bf16:",), ("inspect", "convert", "config validate", "to-gguf", "st2dcp", "to-mindie"),
              "NaN/Inf are valid bf16 values: lossless edges copy them; only FP8 cannot represent them"),
     **_pairs(("dcp: code-running global in a .distcp", "dcp: .distcp", "dcp: storage entry past",
@@ -111,6 +123,27 @@ def _listing(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir())
 
 
+def _digest(d: Path) -> dict[str, str]:
+    """The source (`d` and every entry under it) by content: files by sha256, links by target,
+    special files by kind (never opened: a FIFO would block)."""
+    out = {}
+    for p in [d, *sorted(d.rglob("*"))] if d.is_dir() else [d]:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            out[str(p)] = "-> " + os.readlink(p)
+        elif stat.S_ISDIR(st.st_mode):
+            out[str(p)] = "dir"
+        elif stat.S_ISREG(st.st_mode):
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p)] = oct(stat.S_IFMT(st.st_mode))
+    return out
+
+
+LIMIT_S = 90       # a hang fails the case (SIGALRM), it never stalls the suite
+MAX_GROWTH_MB = 1024
+
+
 def _clean(work: Path, keep: list[str]) -> None:
     for p in work.iterdir():
         if p.name not in keep:
@@ -123,9 +156,15 @@ def test_malformed_input(case, tmp_path, zygote):
     work = tmp_path / "w"
     work.mkdir()
     src = case.build(work, canary)
-    before = _listing(work)
+    before, digest = _listing(work), _digest(Path(src))
     for cmd in READERS[case.kind]:
-        r = zygote.run(*COMMANDS[cmd](src, work / "out"), cwd=work)
+        t0 = time.monotonic()
+        r = zygote.run(*COMMANDS[cmd](src, work / "out"), cwd=work, limit_s=LIMIT_S, mem_mb=MAX_GROWTH_MB + 512)
+        assert r.rc != -signal.SIGALRM, (cmd, f"still running after {LIMIT_S} s (a hang)")
+        assert r.rc != 3, (cmd, "exit 3 is a bug in ling-convert, never a verdict on an input", r.stderr)
+        assert r.grew_mb is not None and r.grew_mb < MAX_GROWTH_MB, (cmd, r.grew_mb, r.rc, r.stderr[-300:])
+        assert time.monotonic() - t0 < LIMIT_S
+        assert _digest(Path(src)) == digest, (cmd, "the source changed")
         assert "Traceback" not in r.stderr + r.stdout, (cmd, r.stderr)
         finding = flagged(case.name, cmd)
         if finding:      # readable, and the check reports what is wrong with it: exit 1

@@ -57,6 +57,32 @@ def hf_config_from_args(args: dict, where) -> dict:
     return cfg
 
 
+# Megatron tensors that exist only when a setting is on, and the HF config values they imply.
+# ref: tests/dcp_fixtures.py (the Megatron names of a Ling-2.0 layer).
+IMPLIED = (
+    ("mlp.router.expert_bias", {"moe_router_enable_expert_bias": True, "score_function": "sigmoid"}),
+    ("self_attention.q_layernorm.", {"use_qk_norm": True}),
+    ("self_attention.linear_qkv.bias", {"use_qkv_bias": True}),
+)
+
+
+def check_against_tensors(args: dict, names, where) -> None:
+    """A config derived from args must agree with the tensors present: a tensor that needs a setting the
+    args do not give (or contradict) is refused, never filled in with a default."""
+    same = schemas.load(TABLE)["same"]
+    names = list(names)
+    for part, implied in IMPLIED:
+        has = any(part in n for n in names)
+        for field, want in implied.items():
+            arg, given = same[field], args.get(same[field])
+            if has and given is None:
+                raise ConfigSchemaError(f"the checkpoint holds {part} tensors, which need {field}={want!r}, but "
+                                        f"common.pt args lack {arg!r}", path=where, fix=_FIX_CFG)
+            if (has and given != want) or (not has and want is True and given is True):
+                raise ConfigSchemaError(f"common.pt args give {arg}={given!r} but the checkpoint "
+                                        f"{'holds' if has else 'lacks'} {part} tensors", path=where, fix=_FIX_CFG)
+
+
 def _thaw(obj):
     """A mutable deep copy of a frozen schema value (MappingProxyType/tuple -> dict/list)."""
     if hasattr(obj, "items"):

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ...core import fastio
+from ...core import bounded, fastio
 from ...core.errors import BadInputError, ConfigSchemaError, CorruptFileError, MissingShardError, UnsupportedError
 from ...core.source import Source, TensorInfo, contained, dtype_size, is_contiguous
 from .. import aux_files, read_config
+from .chunks import check_cover, dims as _dims, seq as _seq
 from .unpickle import TensorRef, load_common, load_metadata, parse_tensor_pickle
 
 METADATA = ".metadata"
@@ -59,7 +60,8 @@ def _dtype_of(props, where: Path, fqn: str) -> torch.dtype:
     state = props.__dict__.get("_state")
     dtype = state[0] if isinstance(state, tuple) else getattr(props, "dtype", None)
     if not isinstance(dtype, torch.dtype):
-        raise CorruptFileError(f"tensor properties carry no dtype ({dtype!r})", path=where, tensor=fqn, fix=_RECREATE)
+        raise CorruptFileError(f"tensor properties carry no dtype (found {bounded.short(dtype)})", path=where,
+                               tensor=fqn, fix=_RECREATE)
     return dtype
 
 
@@ -76,32 +78,33 @@ def _parse_metadata(root: Path) -> tuple[dict[str, DcpTensor], list[str], set[st
     md = load_metadata(where)
     try:
         sdm, storage = dict(md.state_dict_metadata), dict(md.storage_data)
-    except (AttributeError, TypeError):
+        files = {}
+        for idx, info in storage.items():
+            off = getattr(idx, "offset", None)     # unset when None (class default in torch)
+            files[(getattr(idx, "fqn", None), tuple(off) if off is not None else None)] = info
+    except (AttributeError, TypeError, ValueError):
         raise CorruptFileError("not a DCP Metadata record", path=where, fix=_RECREATE) from None
-    files = {}
-    for idx, info in storage.items():
-        off = getattr(idx, "offset", None)     # unset when None (class default in torch)
-        files[(getattr(idx, "fqn", None), tuple(off) if off is not None else None)] = info
     tensors, others = {}, []
     for fqn, meta in sdm.items():
         if not hasattr(meta, "chunks"):
             others.append(fqn)
             continue
-        shape, dtype = tuple(int(d) for d in meta.size), _dtype_of(meta.properties, where, fqn)
-        chunks = tuple(_chunk(root, where, fqn, shape, c, files) for c in meta.chunks)
-        if sum(math.prod(c.sizes) for c in chunks) != math.prod(shape):
-            raise CorruptFileError(f"chunks hold {sum(math.prod(c.sizes) for c in chunks)} elements, the tensor "
-                                   f"{shape} needs {math.prod(shape)}", path=where, tensor=fqn, fix=_RECREATE)
+        shape, dtype = _dims(meta.size, where, fqn, "size"), _dtype_of(meta.properties, where, fqn)
+        chunks = tuple(_chunk(root, where, fqn, shape, dtype, c, files) for c in _seq(meta.chunks, where, fqn))
+        check_cover(shape, chunks, where, fqn)
         tensors[fqn] = DcpTensor(fqn, shape, dtype, chunks)
     # Megatron marks tensors it saved flattened (distributed-optimizer layout) in mcore_data.
-    mcore = getattr(md, "mcore_data", None) or {}
+    mcore = getattr(md, "mcore_data", None)
+    mcore = mcore if isinstance(mcore, dict) else {}
     flat = {k for k, v in mcore.items() if isinstance(v, dict) and "nd_reformulated_orig_global_shape" in v}
     return tensors, others, flat
 
 
-def _chunk(root: Path, where: Path, fqn: str, shape, c, files) -> Chunk:
-    offsets, sizes = tuple(int(x) for x in c.offsets), tuple(int(x) for x in c.sizes)
-    if len(offsets) != len(shape) or any(o < 0 or o + s > d for o, s, d in zip(offsets, sizes, shape)):
+def _chunk(root: Path, where: Path, fqn: str, shape, dtype, c, files) -> Chunk:
+    offsets, sizes = _dims(getattr(c, "offsets", None), where, fqn, "chunk offsets"), \
+        _dims(getattr(c, "sizes", None), where, fqn, "chunk sizes")
+    if len(offsets) != len(shape) or len(sizes) != len(shape) or \
+            any(o + s > d for o, s, d in zip(offsets, sizes, shape)):
         raise CorruptFileError(f"chunk at {offsets} size {sizes} lies outside {shape}", path=where, tensor=fqn,
                                fix=_RECREATE)
     info = files.get((fqn, offsets))
@@ -110,9 +113,14 @@ def _chunk(root: Path, where: Path, fqn: str, shape, c, files) -> Chunk:
     if getattr(info, "transform_descriptors", None):
         raise UnsupportedError(f"chunk stored with transforms {list(info.transform_descriptors)}", path=where,
                                tensor=fqn, fix="re-save the checkpoint without storage extensions")
-    rel = str(info.relative_path)
-    return Chunk(offsets, sizes, contained(root, rel, what="data file", origin=where),
-                 int(info.offset), int(info.length))
+    rel, off, length = getattr(info, "relative_path", None), getattr(info, "offset", None), getattr(info, "length", None)
+    if not (isinstance(rel, str) and _dims((off, length), where, fqn, "storage offset and length")):
+        raise CorruptFileError("chunk storage entry lacks a file name, offset or length", path=where, tensor=fqn,
+                               fix=_RECREATE)
+    if math.prod(sizes) * dtype_size(dtype) > length:
+        raise CorruptFileError(f"chunk at {offsets} declares {math.prod(sizes)} {dtype} elements, but its blob holds "
+                               f"only {length} bytes", path=where, tensor=fqn, fix=_RECREATE)
+    return Chunk(offsets, sizes, contained(root, rel, what="data file", origin=where), off, length)
 
 
 # -- chunk blobs ------------------------------------------------------------------------
@@ -340,9 +348,11 @@ def open_dcp(path: Path) -> Source:
     reader.args = dict(vars(args)) if args is not None else None
     config, origin, why = read_config(root), "config.json", None
     if config is None and args is not None:
-        from .megatron_config import hf_config_from_args
+        from .megatron_config import check_against_tensors, hf_config_from_args
         try:
-            config, origin = hf_config_from_args(reader.args, root / COMMON), "common.pt args"
+            derived = hf_config_from_args(reader.args, root / COMMON)
+            check_against_tensors(reader.args, reader.tensors, root / COMMON)
+            config, origin = derived, "common.pt args"
         except (ConfigSchemaError, UnsupportedError) as e:
             why = e.one_line()     # --config-from may still supply the config (pipeline.prepare checks)
     infos = {n: TensorInfo(t.shape, t.dtype) for n, t in reader.tensors.items()}

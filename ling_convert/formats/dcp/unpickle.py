@@ -21,9 +21,13 @@ from pathlib import Path
 
 import torch
 
+from ...core import bounded
 from ...core.errors import CorruptFileError, UnsafePickleError
 
 _FIX = "do not load this file; get the checkpoint from a trusted source"
+METADATA_NAME = ".metadata"
+MAX_METADATA = 512 << 20   # ~1 KB per chunk record: half a million chunks
+MAX_BUILDS = 20_000_000    # objects a .metadata may build (about 8 per chunk record)
 
 
 class Record:
@@ -43,7 +47,8 @@ class Record:
             self.__dict__["_state"] = state
 
     def __repr__(self):
-        return f"<{self._name} {self.__dict__}>"
+        # NOTE: never the state itself: a pickled DAG of shared lists prints as 2**depth items.
+        return f"<{self._name[:80]}>"
 
 
 _RECORDS: dict[str, type] = {}
@@ -109,13 +114,14 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def load_metadata(path: Path):
     """Unpickle a DCP `.metadata` file into inert records (attributes as in torch's classes)."""
-    data = path.read_bytes()
+    data = bounded.read_bytes(path, MAX_METADATA, METADATA_NAME)
+    bounded.check_pickle(data, path, max_builds=MAX_BUILDS, what=METADATA_NAME)
     try:
         return _MetadataUnpickler(data, path).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated or garbled pickle: never a traceback
-        raise CorruptFileError(f"cannot read DCP metadata ({type(e).__name__}: {e})", path=path,
+        raise CorruptFileError(f"cannot read DCP metadata ({type(e).__name__}: {str(e)[:160]})", path=path,
                                fix="the checkpoint save did not finish or the file is damaged") from None
 
 
@@ -218,7 +224,7 @@ class _TensorUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
-            raise UnsafePickleError(f"unexpected persistent id {pid!r:.80}", path=self.where, fix=_FIX)
+            raise UnsafePickleError(f"unexpected persistent id {bounded.short(pid)}", path=self.where, fix=_FIX)
         return _Storage(str(pid[2]), _STORAGE_DTYPES[pid[1]])
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...core import bounded
 from ...model.config_rewrite import diff, normalize_rope_scaling
 from ...core.errors import BadInputError, CorruptFileError, LingConvertError, UnsupportedError, VerificationError
 from ...core.guard import in_place_target
@@ -48,9 +49,11 @@ def located(where: Path, transform: Callable[[dict], dict], cfg: dict) -> dict:
 
 def open_reader(path: Path):
     from gguf import GGUFReader
+    from .guard import check_header
+    check_header(path)
     try:
         return GGUFReader(path)
-    except (ValueError, IndexError, OSError, KeyError) as e:
+    except (ValueError, IndexError, OSError, KeyError, RecursionError) as e:
         raise CorruptFileError(f"not a readable GGUF file ({' '.join(str(e).split())})", path=path,
                                fix="re-export or re-download the file") from None
 
@@ -236,9 +239,9 @@ def _embedded_config(kv: dict, transform: Callable[[dict], dict], path: Path) ->
     if HF_CONFIG_KEY not in kv:
         return None
     try:
-        cfg = json.loads(kv[HF_CONFIG_KEY][0])
-    except (TypeError, ValueError):
-        raise CorruptFileError(f"metadata {HF_CONFIG_KEY!r} is not valid JSON", path=path,
+        cfg = bounded.parse_json(kv[HF_CONFIG_KEY][0], path)
+    except (TypeError, BadInputError):
+        raise CorruptFileError(f"metadata {HF_CONFIG_KEY!r} is not bounded, valid JSON", path=path,
                                fix="re-export the GGUF file") from None
     return (cfg, located(path, transform, cfg)) if isinstance(cfg, dict) else None
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import gguf
 import numpy as np
 
-from ...core import schemas
+from ...core import bounded, schemas
 from ...model.config import derived_head_dim, head_dim
 from ...core.errors import BadInputError, ConfigSchemaError, UnknownArchitectureError, UnsupportedError
 
@@ -169,6 +169,15 @@ def metadata_values(cfg: dict, table, where=None) -> list[tuple[str, Any, str]]:
 def rope_scaling_values(cfg: dict, arch: str, where=None) -> list[tuple[str, Any, str]]:
     """YaRN or linear rope-scaling keys; nothing for unscaled RoPE."""
     rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if not isinstance(rs, dict):
+        raise ConfigSchemaError(f"rope_scaling is {bounded.short(rs)}, not an object", path=where,
+                                fix="set rope_scaling to null or to an object with rope_type and factor")
+    bad = [k for k in ("factor", "beta_fast", "beta_slow", "attention_factor", "attn_factor",
+                       "original_max_position_embeddings")
+           if rs.get(k) is not None and (isinstance(rs[k], bool) or not isinstance(rs[k], (int, float)))]
+    if bad:
+        raise ConfigSchemaError(f"rope_scaling.{bad[0]} is {bounded.short(rs[bad[0]])}, not a number", path=where,
+                                fix="repair config.json or rerun `ling-convert yarn`")
     kind = rs.get("rope_type", rs.get("type"))
     if kind in (None, "default"):
         return []
@@ -213,7 +222,9 @@ def recover_config(kv: dict[str, Any], table, where=None) -> tuple[dict, list[di
     """
     arch = table["gguf_arch"]
     if HF_CONFIG_KEY in kv:
-        base = json.loads(kv[HF_CONFIG_KEY])
+        base = bounded.parse_json(kv[HF_CONFIG_KEY], f"{where}: {HF_CONFIG_KEY}")
+        if not isinstance(base, dict):
+            raise BadInputError(f"{HF_CONFIG_KEY} is not a JSON object", path=where, fix="re-export the file")
     else:  # a file from another converter: fill what GGUF keys do not carry
         base = {"architectures": [table["hf_architectures"][0]],
                 **{k: v for k, v in table["config_defaults"].items() if k != "comment"}}
@@ -349,9 +360,9 @@ def add_tokenizer(writer: gguf.GGUFWriter, tok_dir: Path, table, vocab_size: int
     """Write the gpt2 vocabulary, merges, special ids and chat template; returns a manifest summary."""
     path = tok_dir / "tokenizer.json"
     try:
-        tok = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"cannot read tokenizer.json ({e})", path=path, fix="repair or replace it") from None
+        tok = bounded.load_json(path, "tokenizer.json", limit=bounded.MAX_INDEX)
+    except BadInputError as e:
+        raise BadInputError(f"cannot read tokenizer.json ({e.message})", path=path, fix="repair or replace it") from None
     tokens, types = vocab_tokens(tok, vocab_size, path)
     writer.add_tokenizer_model("gpt2")
     # NOTE: bailingmoe and bailingmoe2 map to the same llama.cpp regex; pin by arch.

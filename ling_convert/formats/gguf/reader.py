@@ -25,6 +25,7 @@ from ...core.errors import CorruptFileError, MissingShardError, UnsupportedError
 from ...core.names import compile_pattern
 from ...core.source import PartedSource, TensorInfo
 from ..safetensors import pread_flat
+from .guard import check_header
 from .meta import read_kv, recover_config, table_for_arch
 
 MAGIC = b"GGUF"
@@ -58,9 +59,10 @@ def shard_paths(path: Path) -> list[Path]:
 
 
 def _reader(path: Path) -> gguf.GGUFReader:
+    check_header(path)      # counts, nesting, dims and offsets bounded before gguf-py trusts them
     try:
         return gguf.GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OSError) as e:
+    except (ValueError, IndexError, KeyError, OSError, RecursionError) as e:
         raise CorruptFileError(f"cannot parse GGUF ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})",
                                path=path, fix="the file is truncated or damaged; re-download or re-export it") from None
 

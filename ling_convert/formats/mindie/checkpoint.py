@@ -13,11 +13,11 @@ Modes: 750 for top-level *.json/*.py, 640 for the service config and rank table.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
+from ...core import bounded
 from ...core.errors import LingConvertError
 from ...core.source import Source
 from .. import safetensors as st
@@ -28,9 +28,11 @@ from .deploy import build_rank_table, rank_table_problems, resolve_deploy, servi
 # -- detection and reading ------------------------------------------------------------
 
 def _read_json(p: Path):
+    if not bounded.exists(p):
+        return None
     try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        return bounded.load_json(p, p.name)
+    except LingConvertError:     # the reader that needs the file reports it, with its reason
         return None
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ...core import schemas
+from ...core import bounded, schemas
 from ...core.errors import BadInputError
 from .config import check_variant, infer_variant, schema_problems, thaw
 
@@ -262,9 +261,10 @@ def build_rank_table(d: Deploy) -> dict:
 def read_rank_table(path: Path) -> dict:
     """A user's rank table (e.g. from hccl_tools); its schema is checked here, its counts by the caller."""
     try:
-        rt = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"cannot read rank table ({e})", path=path, fix="pass a JSON rank_table.json") from None
+        rt = bounded.load_json(path, "rank table")
+    except BadInputError as e:
+        raise BadInputError(f"cannot read rank table ({e.message})", path=path,
+                            fix="pass a JSON rank_table.json") from None
     problems = schema_problems(rt, "rank_table")
     if problems:
         raise BadInputError(problems[0], path=path, fix="follow the rank table format of the Ling README")

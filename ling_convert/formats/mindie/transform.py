@@ -6,11 +6,10 @@ opt-in `fold_norm_head` op; the configs change by the declared rewrites.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from ...core.errors import ConfigSchemaError
+from ...core import bounded
+from ...core.errors import BadInputError, ConfigSchemaError
 from .config import (check_requirements, check_supported, restore_hf_config, to_mindie_config)
 from .deploy import resolve_deploy
 from ...core.source import Source
@@ -51,9 +50,9 @@ def from_mindie(src: Source, opts: dict) -> Source:
 
 def _read_bak(path) -> dict:
     try:
-        bak = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ConfigSchemaError(f"not valid JSON ({e})", path=path,
+        bak = bounded.load_json(path, path.name)
+    except BadInputError as e:
+        raise ConfigSchemaError(e.message, path=path,
                                 fix="repair it, or delete it to restore by inverting the rewrites") from None
     if not isinstance(bak, dict):
         raise ConfigSchemaError("must hold a JSON object", path=path, fix="repair or delete config.json.bak")

@@ -4,13 +4,14 @@ file gets an error naming the file, the tensor and what is wrong.
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ...core import bounded
 from ...core.fastio import pread_flat
 from ...core.errors import CorruptFileError
 from ...core.source import ST_DTYPES, TensorInfo
@@ -45,7 +46,7 @@ def _no_dup_pairs(path: Path):
 
 def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
     """Parse and validate a safetensors header: -> (entries, __metadata__)."""
-    size = path.stat().st_size
+    size = bounded.regular_file(path, "safetensors file").st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -57,35 +58,43 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
                                    path=path, fix="the file is truncated or not safetensors; re-download it")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup_pairs(path))
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptFileError("header is not valid UTF-8", path=path, fix="re-export the file") from None
-    except json.JSONDecodeError as e:
-        raise CorruptFileError(f"header is not valid JSON ({e.msg})", path=path, fix="re-export the file") from None
+    # Depth is bounded by the entry checks below (flat objects of strings and integer lists).
+    header = bounded.parse_json(raw, path, pairs_hook=_no_dup_pairs(path), max_depth=None, digits=False)
     if not isinstance(header, dict):
         raise CorruptFileError("header is not a JSON object", path=path, fix="re-export the file")
     meta = header.pop("__metadata__", None) or {}
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CorruptFileError("__metadata__ is not an object of strings", path=path, fix="re-export the file")
     entries = {name: _entry(path, name, spec, 8 + n, size) for name, spec in header.items()}
     _check_overlaps(path, entries)
     return entries, meta
+
+
+def _ints(v, n: int | None = None) -> bool:
+    """A list of non-negative int64 integers (JSON true is no integer), of length `n` if given."""
+    return (isinstance(v, list) and (n is None or len(v) == n)
+            and all(type(d) is int and 0 <= d < 1 << 63 for d in v))
 
 
 def _entry(path: Path, name: str, spec, data_start: int, size: int) -> Entry:
     bad = lambda msg: CorruptFileError(msg, path=path, tensor=name, fix="re-export the file")  # noqa: E731
     if not isinstance(spec, dict):
         raise bad("header entry is not an object")
-    dtype = ST_DTYPES.get(spec.get("dtype"))
+    dt = spec.get("dtype")
+    dtype = ST_DTYPES.get(dt) if isinstance(dt, str) else None
     if dtype is None:
-        raise bad(f"unknown dtype {spec.get('dtype')!r}; expected one of {sorted(ST_DTYPES)}")
+        raise bad(f"unknown dtype {bounded.short(dt)}; expected one of {sorted(ST_DTYPES)}")
     shape, offs = spec.get("shape"), spec.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise bad(f"shape {shape!r} is not a list of non-negative integers")
-    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-            and 0 <= offs[0] <= offs[1]):
-        raise bad(f"data_offsets {offs!r} are not [begin, end] with begin <= end")
+    if not _ints(shape) or math.prod(shape) >= 1 << 63:
+        raise bad(f"shape {bounded.short(shape)} is not a list of non-negative integers with an int64 size")
+    if not (_ints(offs, 2) and offs[0] <= offs[1]):
+        raise bad(f"data_offsets {bounded.short(offs)} are not [begin, end] with begin <= end")
     info = TensorInfo(tuple(shape), dtype)
     if offs[1] - offs[0] != info.nbytes:
-        raise bad(f"{spec['dtype']} {shape} needs {info.nbytes} bytes but data_offsets span {offs[1] - offs[0]}")
+        raise bad(f"{dt} {shape} needs {info.nbytes} bytes but data_offsets span {offs[1] - offs[0]}")
     if data_start + offs[1] > size:
         raise bad(f"data ends at byte {data_start + offs[1]}, past the end of the {size}-byte file "
                   "(file truncated?)")

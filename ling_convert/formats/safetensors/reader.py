@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ...core import bounded
 from ...core.errors import BadInputError, CorruptFileError, MissingShardError
 from ...core.source import RawRange, Source, contained
 
@@ -16,29 +16,36 @@ from .header import INDEX, SINGLE, Entry, read_header, read_tensor
 
 # -- reader -------------------------------------------------------------------
 
+def read_index(idx: Path) -> dict[str, str]:
+    """The weight_map of an index file (bounded read), checked to map names to strings."""
+    try:
+        data = bounded.load_json(idx, "index", limit=bounded.MAX_INDEX)
+    except CorruptFileError as e:
+        raise CorruptFileError(f"index is not JSON with a 'weight_map' object ({e.message})", path=idx,
+                               fix="regenerate the index") from None
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict):
+        raise BadInputError("index is not JSON with a 'weight_map' object", path=idx, fix="regenerate the index")
+    for name, rel in wm.items():
+        if not isinstance(rel, str):
+            raise BadInputError(f"weight_map value {bounded.short(rel)} is not a file name", path=idx, tensor=name,
+                                fix="regenerate the index")
+    return wm
+
+
 def shard_files(path: Path, index_name: str) -> dict[str, Path] | None:
     """weight_map name -> shard path, from an index; None if there is no index."""
     idx = path / index_name
-    if not idx.exists():
+    if not bounded.exists(idx):
         return None
-    try:
-        data = json.loads(idx.read_text())
-        wm = data["weight_map"]
-        assert isinstance(wm, dict)
-    except (ValueError, KeyError, AssertionError, TypeError):
-        raise BadInputError("index is not JSON with a 'weight_map' object", path=idx,
-                            fix="regenerate the index") from None
-    out, shards = {}, {}      # each shard checked once, not once per tensor (Ling-1T: 421 files, 62,336 names)
-    for name, rel in wm.items():
-        if not isinstance(rel, str):
-            raise BadInputError(f"weight_map value {rel!r} is not a file name", path=idx, tensor=name,
-                                fix="regenerate the index")
-        if rel not in shards:
-            shards[rel] = contained(path, rel, what="shard", origin=idx)
-            if not shards[rel].is_file():
-                raise MissingShardError(f"index names shard {rel!r}, which does not exist", path=idx,
-                                        tensor=name, fix="download the missing shard or regenerate the index")
-        out[name] = shards[rel]
+    out, seen = {}, {}
+    for name, rel in read_index(idx).items():
+        if rel not in seen:     # checked once per shard, not once per tensor
+            shard = seen[rel] = contained(path, rel, what="shard", origin=idx)
+            if not shard.is_file():
+                raise MissingShardError(f"index names shard {rel!r}, which does not exist", path=idx, tensor=name,
+                                        fix="download the missing shard or regenerate the index")
+        out[name] = seen[rel]
     return out
 
 
@@ -46,7 +53,7 @@ def detect(path: Path) -> bool:
     path = Path(path)
     if path.is_file():
         return path.suffix == ".safetensors"
-    return (path / INDEX).exists() or (path / SINGLE).exists() or any(path.glob("*.safetensors"))
+    return bounded.exists(path / INDEX) or bounded.exists(path / SINGLE) or any(path.glob("*.safetensors"))
 
 
 def open_source(path: Path, fmt: str = "safetensors") -> Source:
@@ -75,7 +82,7 @@ def _files(path: Path) -> list[Path]:
     wm = shard_files(path, INDEX)
     if wm is not None:
         return sorted(set(wm.values()))
-    if (path / SINGLE).exists():
+    if bounded.exists(path / SINGLE):
         return [path / SINGLE]
     found = sorted(path.glob("*.safetensors"))
     if not found:
@@ -85,9 +92,9 @@ def _files(path: Path) -> list[Path]:
 
 def _check_index_consistent(root: Path, infos: dict) -> None:
     idx = root / INDEX
-    if not idx.exists():
+    if not bounded.exists(idx):
         return
-    wm = json.loads(idx.read_text())["weight_map"]
+    wm = read_index(idx)
     missing = [k for k in wm if k not in infos]
     if missing:
         raise MissingShardError(f"index lists {len(missing)} tensor(s) absent from the shards, e.g. {missing[0]!r}",

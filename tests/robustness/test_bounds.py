@@ -1,0 +1,121 @@
+"""Issue 17 cases that are options rather than files, and the parsers' bounds at their edges.
+
+The malformed files themselves are corpus cases (corpus_bounds.py, run by test_corpus.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ling_convert import bounded
+from ling_convert.errors import BadInputError, CorruptFileError
+from ling_convert.formats.dcp_chunks import check_cover
+from ling_convert.testing import tiny_config
+
+from . import corpus  # noqa: F401  (first: it imports the corpus modules in their order)
+from .corpus_formats import V2, base, copy_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import dcp_fixtures as fx  # noqa: E402
+
+
+def _one_line(r, needle: str) -> None:
+    assert r.rc == 2, (r.rc, r.stderr)
+    assert len(r.lines) == 1 and r.lines[0].startswith("error: ") and needle in r.lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "-inf", "1e400GB"])
+def test_max_shard_size_not_finite(zygote, tmp_path, size):
+    r = zygote.run("convert", base("hf-lite"), tmp_path / "out", "--max-shard-size", size, limit_s=60, mem_mb=1536)
+    _one_line(r, "finite")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dcp2st_dry_run_prints_the_config(zygote, tmp_path):
+    r = zygote.run("dcp2st", base("dcp"), tmp_path / "out", "--dry-run", limit_s=60, mem_mb=1536)
+    assert r.rc == 0, r.stderr
+    cfg = json.loads(r.stdout.split("config.json:", 1)[1].split("\ndry run", 1)[0])
+    assert cfg["score_function"] == "sigmoid" and cfg["moe_router_enable_expert_bias"] is True
+    assert cfg["num_hidden_layers"] == fx.megatron_args(V2)["num_layers"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_dcp2st_config_from_fixes_missing_router_args(zygote, tmp_path):
+    """The refusal's fix works: the same checkpoint converts once --config-from gives the config."""
+    d = copy_of("dcp", tmp_path)
+    args = {k: v for k, v in fx.megatron_args(V2).items() if not k.startswith("moe_router_")}
+    fx.write_common(d, args)
+    r = zygote.run("dcp2st", d, tmp_path / "a", limit_s=120, mem_mb=1536)
+    _one_line(r, "--config-from")
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "config.json").write_text(json.dumps(tiny_config(V2)))
+    r = zygote.run("dcp2st", d, tmp_path / "b", "--config-from", cfg_dir, limit_s=120, mem_mb=1536)
+    assert r.rc == 0, r.stderr
+
+
+def test_json_bounds():
+    assert bounded.parse_json('{"a": [1, 2]}', "x") == {"a": [1, 2]}
+    assert bounded.parse_json("[" * 64 + "]" * 64, "x") is not None       # the limit itself is accepted
+    for text, needle in (("[" * 65 + "]" * 65, "nested"), ("[" * 200_000 + "]" * 200_000, "nested"),
+                         ("9" * 41, "digits"), ('{"a": 1', "not valid JSON"), (b'"\xff"', "UTF-8")):
+        with pytest.raises(CorruptFileError, match=needle):
+            bounded.parse_json(text, "x")
+
+
+def test_regular_file_refuses_before_opening(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    t0 = time.monotonic()
+    for p, needle in ((fifo, "FIFO"), (loop, "loop"), (Path("/dev/zero"), "character device"), (tmp_path, "directory"),
+                      (str(tmp_path / "a\0b"), "NUL")):
+        with pytest.raises(BadInputError, match=needle):
+            bounded.read_bytes(p, 100)
+    assert time.monotonic() - t0 < 5
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(CorruptFileError, match="101 bytes"):
+        bounded.read_bytes(big, 100)
+
+
+def test_short_never_prints_a_dag():
+    x: list = []
+    for _ in range(64):
+        x = [x, x]
+    assert bounded.short(x) == "a list of 2 items"
+    assert "bits" in bounded.short(1 << 20000)
+
+
+class _C:
+    def __init__(self, offsets, sizes):
+        self.offsets, self.sizes = tuple(offsets), tuple(sizes)
+
+
+def test_chunk_cover_grid_and_irregular():
+    grid = [_C((i, j), (2, 3)) for i in (0, 2) for j in (0, 3)]
+    check_cover((4, 6), grid, Path("m"), "t")
+    with pytest.raises(CorruptFileError, match="overlap"):
+        check_cover((4, 6), grid[:3] + [_C((0, 0), (2, 3))], Path("m"), "t")
+    irregular = [_C((0, 0), (2, 6)), _C((2, 0), (2, 2)), _C((2, 2), (2, 4))]
+    check_cover((4, 6), irregular, Path("m"), "t")
+    with pytest.raises(CorruptFileError, match="overlap"):
+        check_cover((4, 6), [_C((0, 0), (2, 6)), _C((1, 0), (2, 2)), _C((2, 2), (2, 4))], Path("m"), "t")
+    with pytest.raises(CorruptFileError, match="elements"):
+        check_cover((4, 6), grid[:3], Path("m"), "t")
+
+
+def test_chunk_cover_is_linear_for_large_grids():
+    """A 1000 x 100 grid (10^5 chunks) is checked in well under a second per 10^5 chunks."""
+    chunks = [_C((i, j), (1, 1)) for i in range(1000) for j in range(100)]
+    t0 = time.monotonic()
+    check_cover((1000, 100), chunks, Path("m"), "t")
+    assert time.monotonic() - t0 < 5
