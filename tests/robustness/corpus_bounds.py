@@ -27,66 +27,42 @@ DEEP = 200_000
 BIG_INT = "9" * 5000
 
 
-def _replace(p: Path, make) -> None:
-    p.unlink()
-    make(p)
-
-
 # -- special files in place of checkpoint files (class 2) ------------------------------------
 
-@case("config: config.json is a FIFO", "FIFO")
-def _(w, c):
+_MAKE = {"FIFO": os.mkfifo, "character device": lambda p: p.symlink_to("/dev/zero"),
+         "loop": lambda p: p.symlink_to(p.name)}
+# (case, file replaced, how the tiny checkpoint is written, what the error names)
+SPECIAL_FILES = (
+    ("config: config.json is a FIFO", "config.json", {}, "FIFO"),
+    ("config: config.json links to /dev/zero", "config.json", {}, "character device"),
+    ("config: config.json is a symlink loop", "config.json", {}, "loop"),
+    ("st: model.safetensors is a FIFO", "model.safetensors", {}, "FIFO"),
+    ("st: model.safetensors links to /dev/zero", "model.safetensors", {}, "character device"),
+    ("index: index is a FIFO", "model.safetensors.index.json", {"shards": 2}, "FIFO"),
+    ("index: shard is a symlink loop", "model-00002-of-00002.safetensors", {"shards": 2}, "loop"),
+    ("bin: pytorch_model.bin is a FIFO", "pytorch_model.bin", {"fmt": "bin"}, "FIFO"),
+)
+
+
+def _special(fname: str, kw: dict, make):
+    def build(w, c):
+        d = tiny_copy(w, **kw)
+        (d / fname).unlink()
+        make(d / fname)
+        return d
+    return build
+
+
+for _name, _fname, _kw, _needle in SPECIAL_FILES:
+    case(_name, _needle)(_special(_fname, _kw, _MAKE[_needle]))
+
+
+def _header_edit(w, edit) -> Path:
+    """The tiny checkpoint with its safetensors header text rewritten by `edit(raw, header)`."""
     d = tiny_copy(w)
-    _replace(d / "config.json", os.mkfifo)
-    return d
-
-
-@case("config: config.json links to /dev/zero", "character device")
-def _(w, c):
-    d = tiny_copy(w)
-    _replace(d / "config.json", lambda p: p.symlink_to("/dev/zero"))
-    return d
-
-
-@case("config: config.json is a symlink loop", "loop")
-def _(w, c):
-    d = tiny_copy(w)
-    _replace(d / "config.json", lambda p: p.symlink_to(p.name))
-    return d
-
-
-@case("st: model.safetensors is a FIFO", "FIFO")
-def _(w, c):
-    d = tiny_copy(w)
-    _replace(d / "model.safetensors", os.mkfifo)
-    return d
-
-
-@case("st: model.safetensors links to /dev/zero", "character device")
-def _(w, c):
-    d = tiny_copy(w)
-    _replace(d / "model.safetensors", lambda p: p.symlink_to("/dev/zero"))
-    return d
-
-
-@case("index: index is a FIFO", "FIFO")
-def _(w, c):
-    d = tiny_copy(w, shards=2)
-    _replace(d / "model.safetensors.index.json", os.mkfifo)
-    return d
-
-
-@case("index: shard is a symlink loop", "loop")
-def _(w, c):
-    d = tiny_copy(w, shards=2)
-    _replace(d / "model-00002-of-00002.safetensors", lambda p: p.symlink_to(p.name))
-    return d
-
-
-@case("bin: pytorch_model.bin is a FIFO", "FIFO")
-def _(w, c):
-    d = tiny_copy(w, fmt="bin")
-    _replace(d / "pytorch_model.bin", os.mkfifo)
+    f = d / "model.safetensors"
+    h, body = st_parts(f)
+    st_write(f, edit(json.dumps(h).encode(), h), body)
     return d
 
 
@@ -111,24 +87,15 @@ def _(w, c):
 
 @case("st: header nested 200,000 deep", "nested")
 def _(w, c):
-    d = tiny_copy(w)
-    f = d / "model.safetensors"
-    h, body = st_parts(f)
-    raw = json.dumps(h).encode()
-    st_write(f, raw[:-1] + b', "x": ' + b"[" * DEEP + b"]" * DEEP + b"}", body)
-    return d
+    return _header_edit(w, lambda raw, h: raw[:-1] + b', "x": ' + b"[" * DEEP + b"]" * DEEP + b"}")
 
 
 @case("st: a 5000-digit integer in the header", "digits")
 def _(w, c):
-    d = tiny_copy(w)
-    f = d / "model.safetensors"
-    h, body = st_parts(f)
-    raw = json.dumps(h).encode()
-    k = first_tensor(h)
-    raw = raw.replace(json.dumps(h[k]["data_offsets"]).encode(), f"[0, {BIG_INT}]".encode(), 1)
-    st_write(f, raw, body)
-    return d
+    def edit(raw, h):
+        offs = json.dumps(h[first_tensor(h)]["data_offsets"]).encode()
+        return raw.replace(offs, f"[0, {BIG_INT}]".encode(), 1)
+    return _header_edit(w, edit)
 
 
 @case("index: JSON nested 200,000 deep", "nested")
@@ -162,14 +129,10 @@ def _(w, c):
 
 
 def _shape_edit(w, shape):
-    d = tiny_copy(w)
-    f = d / "model.safetensors"
-    h, body = st_parts(f)
-    k = first_tensor(h)
-    h[k]["shape"] = shape
-    raw = json.dumps(h).encode().replace(b"18446744073709551616.0", b"18446744073709551616")
-    st_write(f, raw, body)
-    return d
+    def edit(raw, h):
+        h[first_tensor(h)]["shape"] = shape
+        return json.dumps(h).encode()
+    return _header_edit(w, edit)
 
 
 @case("st: shape holding true", "shape")
@@ -186,12 +149,10 @@ def _(w, c):
 
 @case("st: dtype given as a JSON list", "dtype")
 def _(w, c):
-    d = tiny_copy(w)
-    f = d / "model.safetensors"
-    h, body = st_parts(f)
-    h[first_tensor(h)]["dtype"] = ["BF16"]
-    st_write(f, h, body)
-    return d
+    def edit(raw, h):
+        h[first_tensor(h)]["dtype"] = ["BF16"]
+        return json.dumps(h).encode()
+    return _header_edit(w, edit)
 
 
 @case("index: shard name holding a NUL byte", "NUL")
