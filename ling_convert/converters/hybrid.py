@@ -22,6 +22,7 @@ from ..model import arch as arch_mod
 from ..core import schemas
 from ..core.errors import BadInputError, UnsupportedError
 from ..core.source import Source, TensorInfo
+from ..model.ops import Op, split_qkv
 from . import converter
 
 RECIPE = "hybrid/conversion.json"
@@ -47,7 +48,7 @@ class HybridPlan:
 
 def expand_kv_to_mha(qkv: torch.Tensor, nh: int, nkv: int, d: int) -> torch.Tensor:
     """[(nh+2nkv)d, H] -> [3 nh d, H]: Q rows kept, each KV head's d rows repeated nh/nkv times in place."""
-    q, k, v = qkv.split([nh * d, nkv * d, nkv * d], dim=0)
+    q, k, v = split_qkv(qkv, nh, nkv, d)
     rep = nh // nkv
 
     def widen(x: torch.Tensor) -> torch.Tensor:  # [nkv*d, H] -> [nkv, d, H] -> [nh*d, H]; head j <- kv j // rep
@@ -57,7 +58,7 @@ def expand_kv_to_mha(qkv: torch.Tensor, nh: int, nkv: int, d: int) -> torch.Tens
 
 def collapse_mha_to_gqa(qkv: torch.Tensor, nh: int, nkv: int, d: int) -> torch.Tensor:
     """Inverse of expand_kv_to_mha: keep the first head of every group of nh/nkv K and V heads."""
-    q, k, v = qkv.split([nh * d, nh * d, nh * d], dim=0)
+    q, k, v = split_qkv(qkv, nh, nh, d)
     rep = nh // nkv
 
     def narrow(x: torch.Tensor) -> torch.Tensor:  # [nh*d, H] -> [nkv, rep, d, H] -> first of each group
@@ -65,7 +66,17 @@ def collapse_mha_to_gqa(qkv: torch.Tensor, nh: int, nkv: int, d: int) -> torch.T
     return torch.cat([q, narrow(k), narrow(v)], dim=0)
 
 
-OPS = {"expand_kv_to_mha": (expand_kv_to_mha, collapse_mha_to_gqa)}
+def _kv_shapes(to_heads: str):
+    def shapes(p, ss):  # [(nh + 2 kv) d, H] with kv = nkv before, nh after (expand), or the reverse
+        (s,) = ss
+        return [((p["nh"] + 2 * p[to_heads]) * p["d"], *s[1:])]
+    return shapes
+
+
+# Each linear layer's QKV: GQA -> MHA; the inverse keeps the first copy of every KV head.
+EXPAND_KV = Op("expand_kv_to_mha", _kv_shapes("nh"), lambda p, ts: [expand_kv_to_mha(ts[0], **p)],
+               _kv_shapes("nkv"), lambda p, ts: [collapse_mha_to_gqa(ts[0], **p)])
+OPS = {EXPAND_KV.name: EXPAND_KV}
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -86,8 +97,8 @@ def _ones(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.ones(shape, dtype=dtype)
 
 
-def _expanded(src: Source, name: str, nh: int, nkv: int, d: int) -> torch.Tensor:
-    return expand_kv_to_mha(src.load(name), nh, nkv, d)
+def _relayout(src: Source, name: str, op: Op, params: dict) -> torch.Tensor:
+    return op.forward(params, [src.load(name)])[0]
 
 
 # ---------------------------------------------------------------- option parsing
@@ -225,9 +236,11 @@ def to_hybrid(src: Source, plan: HybridPlan) -> Source:
             op = spec["op"]
             if op == "copy":
                 continue  # same name, same thunk: passes through untouched
-            if op == "expand_kv_to_mha":
-                infos[name] = TensorInfo((3 * nh * d, hidden), dtype)
-                thunks[name] = partial(_expanded, src, name, nh, nkv, d)
+            if op in OPS:
+                p = {"nh": nh, "nkv": nkv, "d": d}
+                (shape,) = OPS[op].forward_shapes(p, [qkv.shape])
+                infos[name] = TensorInfo(shape, dtype)
+                thunks[name] = partial(_relayout, src, name, OPS[op], p)
             elif op == "init_gate":
                 infos[name] = TensorInfo((nh * d, hidden), dtype)
                 thunks[name] = partial(init_gate, name, (nh * d, hidden), dtype, plan.init_method, plan.seed, plan.std)

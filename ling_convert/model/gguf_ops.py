@@ -10,17 +10,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
-from ..model.arch import head_dim
 from ..core.errors import BadInputError
-from ..model.ops import stack, unstack
+from .config import ModelConfig
+from .ops import IDENTITY, Op, qkv_sizes, same, split_qkv, stack, unstack
 from ..core.source import PartedSource, Source, Thunk, as_parted  # noqa: F401  (as_parted: re-exported)
 
-Shape = tuple[int, ...]
 # ref: llama.cpp conversion/bailingmoe.py and HF compute_logit: W / (||W||_2 over dim 0 + 1e-7).
 NORM_HEAD_EPS = 1e-7
 
@@ -41,34 +39,17 @@ def rope_unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def qkv_rows(cfg: dict) -> tuple[int, int, int]:
+def _heads(cfg: Mapping) -> tuple[int, int, int]:
+    mc = ModelConfig.of(cfg)
+    return mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
+
+
+def qkv_rows(cfg: Mapping) -> tuple[int, int, int]:
     """Rows of Q, K and V in the fused query_key_value weight: [n_h*d | n_kv*d | n_kv*d]."""
-    d = head_dim(cfg)
-    nh, nkv = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"])
-    return nh * d, nkv * d, nkv * d
+    return qkv_sizes(*_heads(cfg))
 
 
-# -- the ops ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Op:
-    """A many-to-many tensor op. Shapes are computed without data so plans stay lazy."""
-
-    name: str
-    forward_shapes: Callable[[dict, list[Shape]], list[Shape]]
-    forward: Callable[[dict, list[torch.Tensor]], list[torch.Tensor]]
-    inverse_shapes: Callable[[dict, list[Shape]], list[Shape]]
-    inverse: Callable[[dict, list[torch.Tensor]], list[torch.Tensor]]
-    float_out: bool = False        # forward always yields float32 (a value change, not a move)
-
-
-def _same_shapes(cfg, shapes):
-    return list(shapes)
-
-
-def _same(cfg, ts):
-    return list(ts)
-
+# -- the ops (GGUF ops take the model config as their params) ---------------------------------
 
 def _split_shapes(cfg, shapes):
     (rows, cols), = shapes
@@ -80,9 +61,9 @@ def _split_shapes(cfg, shapes):
 
 
 def _split_permute(cfg, ts):
-    q, k, v = torch.split(ts[0], list(qkv_rows(cfg)), dim=0)
-    return [rope_permute(q, int(cfg["num_attention_heads"])),
-            rope_permute(k, int(cfg["num_key_value_heads"])), v.contiguous()]
+    nh, nkv, d = _heads(cfg)
+    q, k, v = split_qkv(ts[0], nh, nkv, d)
+    return [rope_permute(q, nh), rope_permute(k, nkv), v.contiguous()]
 
 
 def _merge_shapes(cfg, shapes):
@@ -91,8 +72,8 @@ def _merge_shapes(cfg, shapes):
 
 def _unpermute_merge(cfg, ts):
     q, k, v = ts
-    return [torch.cat([rope_unpermute(q, int(cfg["num_attention_heads"])),
-                       rope_unpermute(k, int(cfg["num_key_value_heads"])), v], dim=0)]
+    nh, nkv, _ = _heads(cfg)
+    return [torch.cat([rope_unpermute(q, nh), rope_unpermute(k, nkv), v], dim=0)]
 
 
 def _stack_shapes(cfg, shapes):
@@ -124,14 +105,14 @@ def _norm_head(cfg, ts):
 
 
 OPS: dict[str, Op] = {
-    "identity": Op("identity", _same_shapes, _same, _same_shapes, _same),
+    "identity": IDENTITY,
     # v1 attention: fused QKV -> q, k, v with Q/K in llama.cpp's NORM rope order; inverse merges back.
     "split_qkv_rope_permute": Op("split_qkv_rope_permute", _split_shapes, _split_permute,
                                  _merge_shapes, _unpermute_merge),
     # experts e=0..E-1 -> one [E, out, in] tensor; inverse slices it again.
     "stack_experts": Op("stack_experts", _stack_shapes, _stack, _unstack_shapes, _unstack),
     # NOTE: not invertible; the inverse keeps the normalised head and the config says norm_head false.
-    "bake_norm_head": Op("bake_norm_head", _same_shapes, _norm_head, _same_shapes, _same, float_out=True),
+    "bake_norm_head": Op("bake_norm_head", same, _norm_head, same, same, float_out=True, exact=False),
 }
 
 

@@ -1,26 +1,53 @@
-"""Named, invertible multi-tensor ops shared by the format converters.
+"""One `Op` type: a named many-to-many tensor re-layout with its declared inverse, on data and on shapes.
 
-`OPS[name] = (forward, inverse)`. Both take a list of tensors and keyword
-parameters and return a list of tensors, so one mapping table drives both
-directions (e.g. Megatron -> HF uses `forward`, HF -> Megatron `inverse`):
+Every direction takes `(params, inputs)`, params a mapping. The Megatron table (`OPS` here), the GGUF
+table (`model/gguf_ops.py`) and the hybrid-linear recipe (`converters/hybrid.py`) all hold `Op`s, so
+one definition drives both directions (Megatron -> HF runs `forward`, HF -> Megatron `inverse`):
 
-    >>> fwd, inv = OPS["split"]
+    >>> fwd, inv = OPS["split"]                                  # the two directions, f(tensors, **params)
     >>> gate, up = fwd([fc1], parts=2, dim=0)                    # doctest: +SKIP
     >>> inv([gate, up], parts=2, dim=0)[0].equal(fc1)            # doctest: +SKIP
     True
 
-The ops are pure (no I/O); `SHAPES[name]` gives the same ops on shapes only, so
-callers plan outputs without reading data.
+The ops are pure (no I/O); the shape functions give the same ops on shapes only, so callers plan
+outputs without reading data. NOTE: not meta tensors: the first torch.cat on `meta` imports torch's
+decompositions (seconds).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
 
 import torch
 
 Tensors = list[torch.Tensor]
-Op = Callable[..., Tensors]
+Shapes = list[tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Op:
+    """A re-layout and its inverse; `exact` is False where the inverse only undoes the move, not the value."""
+
+    name: str
+    forward_shapes: Callable[[Mapping, Shapes], Shapes]
+    forward: Callable[[Mapping, Tensors], Tensors]
+    inverse_shapes: Callable[[Mapping, Shapes], Shapes]
+    inverse: Callable[[Mapping, Tensors], Tensors]
+    float_out: bool = False        # forward always yields float32 (a value change, not a move)
+    exact: bool = True             # inverse(forward(x)) == x bit for bit
+
+    def __iter__(self) -> Iterator[Callable[..., Tensors]]:
+        """`fwd, inv = op`: the two directions as plain functions of (tensors, **params)."""
+        yield lambda ts, **p: self.forward(p, ts)
+        yield lambda ts, **p: self.inverse(p, ts)
+
+
+def keyword_op(name: str, *fns: Callable, **flags) -> Op:
+    """An Op from its four functions (Op's field order) written as f(inputs, **params)."""
+    def bind(f):
+        return lambda p, xs: f(xs, **p)
+    return Op(name, *map(bind, fns), **flags)
 
 
 def _one(ts: Tensors, op: str) -> torch.Tensor:
@@ -31,8 +58,11 @@ def _one(ts: Tensors, op: str) -> torch.Tensor:
 
 # -- identity ----------------------------------------------------------------
 
-def identity(ts: Tensors) -> Tensors:
-    return list(ts)
+def same(params: Mapping, xs: list) -> list:
+    return list(xs)
+
+
+IDENTITY = Op("identity", same, same, same, same)
 
 
 # -- split / concatenate (gated MLP fc1 = [gate; up]) --------------------------
@@ -61,7 +91,23 @@ def stack(ts: Tensors, dim: int = 0) -> Tensors:
     return [torch.stack(ts, dim)]
 
 
-# -- fused QKV: Megatron per-query-group rows <-> HF [Q; K; V] -------------------------
+# -- fused QKV: [Q; K; V] rows, the one split every layout starts from ------------------------
+
+def qkv_sizes(num_heads: int, num_groups: int, head_dim: int) -> tuple[int, int, int]:
+    """Rows of Q, K and V in a fused [Q; K; V] tensor: [heads*d | groups*d | groups*d]."""
+    return num_heads * head_dim, num_groups * head_dim, num_groups * head_dim
+
+
+def split_qkv(x: torch.Tensor, num_heads: int, num_groups: int, head_dim: int) -> Tensors:
+    """[Q; K; V] -> [q, k, v] (views); `num_groups` is the KV head count."""
+    sizes = qkv_sizes(num_heads, num_groups, head_dim)
+    if x.shape[0] != sum(sizes):
+        raise ValueError(f"fused QKV has {x.shape[0]} rows; heads {num_heads}, KV heads {num_groups} and "
+                         f"head_dim {head_dim} give {'+'.join(map(str, sizes))}")
+    return list(x.split(sizes, 0))
+
+
+# -- Megatron per-query-group rows <-> HF [Q; K; V] -------------------------------------------
 
 def _qkv_dims(rows: int, num_heads: int, num_groups: int, head_dim: int) -> int:
     if num_heads % num_groups:
@@ -89,7 +135,7 @@ def qkv_concat_to_grouped(ts: Tensors, num_heads: int, num_groups: int, head_dim
     x = _one(ts, "qkv")
     qpg = _qkv_dims(x.shape[0], num_heads, num_groups, head_dim)
     rest = tuple(x.shape[1:])
-    q, k, v = x.split([num_heads * head_dim, num_groups * head_dim, num_groups * head_dim], 0)
+    q, k, v = split_qkv(x, num_heads, num_groups, head_dim)
     g = torch.cat([q.reshape(num_groups, qpg, head_dim, *rest),          # [ng, q/g, d, ...]
                    k.reshape(num_groups, 1, head_dim, *rest),
                    v.reshape(num_groups, 1, head_dim, *rest)], 1)
@@ -115,20 +161,7 @@ def pad_rows(ts: Tensors, rows: int) -> Tensors:
     return [torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))], 0)]
 
 
-OPS: dict[str, tuple[Op, Op]] = {
-    "identity": (identity, identity),
-    "split": (split, concat),
-    "unstack": (unstack, stack),
-    "qkv_grouped": (qkv_grouped_to_concat, qkv_concat_to_grouped),
-    "trim_rows": (trim_rows, pad_rows),
-}
-
-
 # -- shapes without data --------------------------------------------------------------
-# NOTE: not meta tensors: the first torch.cat on `meta` imports torch's decompositions (seconds).
-
-Shapes = list[tuple[int, ...]]
-
 
 def _split_shape(ss: Shapes, parts: int = 2, dim: int = 0) -> Shapes:
     (s,) = ss
@@ -170,23 +203,23 @@ def _rows_shape(shrink: bool):
     return shape
 
 
-SHAPES = {
-    "identity": (lambda ss: list(ss), lambda ss: list(ss)),
-    "split": (_split_shape, _concat_shape),
-    "unstack": (_unstack_shape, _stack_shape),
-    "qkv_grouped": (_qkv_shape, _qkv_shape),
-    "trim_rows": (_rows_shape(True), _rows_shape(False)),
+OPS: dict[str, Op] = {
+    "identity": IDENTITY,
+    "split": keyword_op("split", _split_shape, split, _concat_shape, concat),
+    "unstack": keyword_op("unstack", _unstack_shape, unstack, _stack_shape, stack),
+    "qkv_grouped": keyword_op("qkv_grouped", _qkv_shape, qkv_grouped_to_concat, _qkv_shape, qkv_concat_to_grouped),
+    "trim_rows": keyword_op("trim_rows", _rows_shape(True), trim_rows, _rows_shape(False), pad_rows),
 }
 
 
 def apply(name: str, ts: Tensors, *, inverse: bool = False, **params) -> Tensors:
     """Run op `name` forward (or inverse) with `params`."""
-    fwd, inv = OPS[name]
-    return (inv if inverse else fwd)(ts, **params)
+    op = OPS[name]
+    return (op.inverse if inverse else op.forward)(params, ts)
 
 
 def out_shapes(name: str, shapes: list[tuple[int, ...]], dtype: torch.dtype | None = None, *,
                inverse: bool = False, **params) -> list[tuple[int, ...]]:
     """Output shapes for input shapes, without touching data (raises ValueError like the op)."""
-    fwd, inv = SHAPES[name]
-    return (inv if inverse else fwd)([tuple(s) for s in shapes], **params)
+    op = OPS[name]
+    return (op.inverse_shapes if inverse else op.forward_shapes)(params, [tuple(s) for s in shapes])

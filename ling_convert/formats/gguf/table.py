@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from ...core.errors import UnknownTensorError
 from ...core.names import compile_pattern
-from ...model.gguf_ops import Op, get_op
+from ...model.gguf_ops import get_op
+from ...model.ops import Op
 
 
 # -- the mapping table ---------------------------------------------------------------
