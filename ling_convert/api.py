@@ -35,6 +35,7 @@ from .model import arch as arch_mod
 from .model.config import ModelConfig
 from .model.counts import check_counts
 from .pipeline import HF_NAMED, ConvertResult, check_complete, convert, execute, open_checkpoint, prepare, with_config_from
+from .pipeline.demo import run_demo
 from .pipeline.parallel import HF_TARGETS, convert_parallel, world
 from .verify import VerifyReport, verify
 
@@ -42,8 +43,8 @@ __all__ = ["HF_NAMED", "ConvertResult", "FP8LoadWarning", "HybridResult", "Verif
            "config_show", "config_validate", "config_yarn", "convert", "graph", "mindie_layout", "mindie_notes",
            "pull", "push", "quiet_clients", "validate_mindie_dir",
            "dcp_to_hf", "dequantize_checkpoint", "from_gguf_file", "hf_to_dcp", "inspect_checkpoint",
-           "open_checkpoint", "prepare", "quantize_checkpoint", "to_gguf_file", "to_hybrid_linear", "tp_warnings",
-           "verify", "with_config_from", "world"]
+           "open_checkpoint", "prepare", "quantize_checkpoint", "run_demo", "to_gguf_file", "to_hybrid_linear",
+           "tp_warnings", "verify", "with_config_from", "world"]
 
 
 def graph() -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ling_convert.converters import all_edges
-from ling_convert.demo import run_demo
+from ling_convert.api import run_demo
 from ling_convert.testing import TINY_MODELS
 
 

@@ -103,8 +103,7 @@ def formats(as_json: JsonOpt = False):
 def demo(workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to build (default: a temp dir).")] = None,
          as_json: JsonOpt = False):
     """Build the embedded tiny Ling models and run every edge, printing a parity table."""
-    from ..demo import run_demo
-    rows = run_demo(workdir)
+    rows = api.run_demo(workdir)
     if as_json:
         emit_json(rows)
         return

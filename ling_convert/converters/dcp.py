@@ -22,6 +22,7 @@ import torch
 
 from . import converter
 from ..model import ops
+from ..model.config import config_int
 from ..core.errors import BadInputError, UnknownTensorError
 from ..core.names import compile_pattern
 from ..formats import aux_files
@@ -126,7 +127,7 @@ def _vocab(src: Source, rows: int, opts: dict, tok: dict) -> tuple[int, str]:
     if opts.get("vocab_size"):
         return int(opts["vocab_size"]), "--vocab-size"
     if src.notes.get("config_from") or src.notes.get("config_origin") == "config.json":
-        return int(cfg["vocab_size"]), "config.json"
+        return config_int(cfg, "vocab_size"), "config.json"
     args = reader.args if reader else None
     if args and args_vocab(args):
         return min(args_vocab(args), rows), "common.pt args"
@@ -152,7 +153,7 @@ def dcp2st(src: Source, opts: dict) -> Source:
     tokdir = Path(opts["tokenizer_dir"]) if opts.get("tokenizer_dir") else None
     tok = tokenizer_ids(tokdir or src.path)
     rows = src.infos["embedding.word_embeddings.weight"].shape[0] \
-        if "embedding.word_embeddings.weight" in src.infos else int(cfg["vocab_size"])
+        if "embedding.word_embeddings.weight" in src.infos else km.mc.vocab_size
     vocab, how = _vocab(src, rows, opts, tok)
     if not 0 < vocab <= rows:
         raise BadInputError(f"vocab size {vocab} ({how}) must be in 1..{rows} (the embedding's rows)",
@@ -281,7 +282,7 @@ def st2dcp(src: Source, opts: dict) -> Source:
     if unmapped and not opts.get("allow_unmapped"):
         raise UnknownTensorError(f"{len(unmapped)} tensor(s) match no rule: {', '.join(unmapped[:5])}",
                                  path=src.path, fix=_SCHEMA_FIX)
-    vocab = int(cfg["vocab_size"])
+    vocab = km.mc.vocab_size
     rows = int(opts.get("padded_vocab_size") or vocab)
     if rows < vocab:
         raise BadInputError(f"padded vocab {rows} is smaller than vocab_size {vocab}", path=src.path,

@@ -1,11 +1,11 @@
 """The Megatron <-> HF key map, driven by `schemas/megatron/bailing_moe.json`.
 
 A rule pairs one Megatron key pattern with one or more HF patterns, an optional
-named op from `ling_convert.ops` (applied forward for Megatron -> HF, inverse
+named op from `model/ops.py` (applied forward for Megatron -> HF, inverse
 for HF -> Megatron) and optional *stack axes*: placeholders that index leading
 axes of the Megatron tensor (`{expert}` of `experts.experts.linear_fc1` [E, 2F, H];
 `{layer}` of the layer-stacked `decoder.layers.*` form). Placeholders are named
-whole key segments; lookup normalises digit segments, so it is one dict hit per key.
+whole key segments; lookup goes through `core/names.segment_key`, one dict hit per key.
 
     >>> km = KeyMap(config)                                                     # doctest: +SKIP
     >>> km.match_megatron("decoder.layers.1.mlp.linear_fc2.weight")[1]          # doctest: +SKIP
@@ -14,14 +14,14 @@ whole key segments; lookup normalises digit segments, so it is one dict hit per 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..core import schemas
+from ..core.names import segment_key
 from ..model.arch import detect_architecture, head_dim
+from ..model.config import ModelConfig
 
 TABLE = "megatron/bailing_moe.json"
-_PH = re.compile(r"^\{(\w+)\}$")
 
 
 @dataclass(frozen=True)
@@ -34,19 +34,6 @@ class Rule:
     vocab: bool                   # rows = vocabulary (padding trimmed / added)
     export: bool                  # False: import-only spelling (HF -> Megatron uses another rule)
     prefix: str                   # "global" | prefix name from the schema ("decoder", "mtp")
-
-
-def _norm(pattern: str) -> tuple[str, tuple[str, ...]]:
-    """'a.{layer}.b' -> ('a.#.b', ('layer',)); 'a.3.b' -> ('a.#.b', ('3',))."""
-    names, parts = [], []
-    for seg in pattern.split("."):
-        m = _PH.match(seg)
-        if m or seg.isdigit():
-            names.append(m.group(1) if m else seg)
-            parts.append("#")
-        else:
-            parts.append(seg)
-    return ".".join(parts), tuple(names)
 
 
 def _rules(table) -> list[Rule]:
@@ -76,22 +63,22 @@ class KeyMap:
         self.table = schemas.load(table_name)
         self.cfg = cfg
         self.arch = detect_architecture(cfg)
-        self.n_layers = int(cfg["num_hidden_layers"])
-        self.kinds = self.arch.layer_kinds(cfg)
-        self.counts = {"layer": self.n_layers, "expert": int(cfg.get("num_experts") or 0),
-                       "mtp": int(cfg.get("num_nextn_predict_layers") or 0)}
+        self.mc = mc = ModelConfig.of(cfg)
+        self.n_layers = mc.num_hidden_layers
+        self.kinds = mc.layer_kinds
+        self.counts = {"layer": self.n_layers, "expert": mc.num_experts, "mtp": mc.mtp_layers}
         self.ops = dict(self.table["ops"], **(ops or {}))
         self.rules = _rules(self.table)
         self.by_megatron: dict[str, Rule] = {}
         self.by_hf: dict[str, list[tuple[Rule, int, tuple[str, ...]]]] = {}   # + the pattern's placeholders
         self._mg_names: dict[str, tuple[str, ...]] = {}    # placeholders per pattern, not re-parsed per key
         for r in self.rules:
-            key, self._mg_names[r.megatron] = _norm(r.megatron)
+            key, self._mg_names[r.megatron] = segment_key(r.megatron)
             assert key not in self.by_megatron, f"two rules for {r.megatron}"   # a schema bug, not input
             self.by_megatron[key] = r
             if r.export:
                 for i, h in enumerate(r.hf):
-                    norm, names = _norm(h)
+                    norm, names = segment_key(h)
                     self.by_hf.setdefault(norm, []).append((r, i, names))
 
     # -- names ----------------------------------------------------------------
@@ -100,7 +87,7 @@ class KeyMap:
 
     def match_megatron(self, key: str) -> tuple[Rule, dict] | None:
         """(rule, placeholder values from the key) or None; values out of range count as unmapped."""
-        norm, values = _norm(key)
+        norm, values = segment_key(key)
         r = self.by_megatron.get(norm)
         if r is None:
             return None
@@ -116,7 +103,7 @@ class KeyMap:
 
     def match_hf(self, name: str) -> tuple[Rule, int, dict] | None:
         """(export rule, output index, values) for a canonical HF name, or None."""
-        norm, values = _norm(name)
+        norm, values = segment_key(name)
         for r, i, names in self.by_hf.get(norm, ()):
             vals = dict(zip(names, (int(v) for v in values)))
             if "mtp_layer" in vals:

@@ -18,6 +18,7 @@ from ..core.errors import BadInputError, ScaleMissingError, UnsupportedError
 from ..core.pool import Job, Prefetch, default_workers
 from ..core.source import Source, TensorInfo, ordered
 from ..model.arch import detect_architecture, head_dim
+from ..model.config import config_int
 from ..quant import get_scheme
 from ..quant.fp8_block import as_block
 from ..quant.policy import load_policy, module_of
@@ -134,7 +135,7 @@ def quantize_edge(src: Source, opts: dict) -> Source:
 
 def _partitioned_sizes(cfg: dict) -> list[tuple[str, int, int]]:
     """(what, full size, smallest per-partition size) for every TP-split GEMM dimension."""
-    d, nh, nkv = head_dim(cfg), int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads") or 0)
+    d, nh, nkv = head_dim(cfg), config_int(cfg, "num_attention_heads"), config_int(cfg, "num_key_value_heads", 0)
     moe = int(cfg.get("moe_intermediate_size") or 0)
     shared = int(cfg.get("moe_shared_expert_intermediate_size") or 0) or moe * int(cfg.get("num_shared_experts") or 0)
     rows = [("moe_intermediate_size", moe, 1), ("shared-expert intermediate size", shared, 1),

@@ -22,6 +22,7 @@ from ..formats import aux_files
 from ..formats.gguf.meta import refuse_llama_defaults, table_for_config
 from ..formats.gguf.table import Group, group_names, rules
 from ..formats.gguf.writer import GgufOptions
+from ..model.config import ModelConfig
 from ..model.gguf_ops import output_thunks, qkv_rows, slice_thunks
 from . import converter
 
@@ -38,14 +39,14 @@ OUT_DTYPES = {"keep": None, "f32": torch.float32, "bf16": torch.bfloat16, "f16":
 # -- checks before export -------------------------------------------------------------
 
 def _check(name: str, cfg: dict, names: list[str]) -> bool:
-    from ..model.arch import head_dim
+    mc = ModelConfig.of(cfg)
     return {
-        "qkv_width_is_hidden": lambda: int(cfg["num_attention_heads"]) * head_dim(cfg) == int(cfg["hidden_size"]),
+        "qkv_width_is_hidden": lambda: mc.num_attention_heads * mc.head_dim == mc.hidden_size,
         "sigmoid_router": lambda: cfg.get("score_function") in (None, "sigmoid"),
         "no_attention_bias": lambda: not any(n.endswith(("attention.query_key_value.bias", "attention.dense.bias"))
                                              for n in names),
-        "no_dense_lead": lambda: not int(cfg.get("first_k_dense_replace") or 0),
-        "no_mtp": lambda: not int(cfg.get("num_nextn_predict_layers") or 0),
+        "no_dense_lead": lambda: not mc.first_k_dense_replace,
+        "no_mtp": lambda: not mc.mtp_layers,
     }[name]()
 
 
@@ -65,9 +66,9 @@ def _layer_of(name: str) -> int | None:
 
 def drop_mtp(src: Source, cfg: dict) -> tuple[list[str], int]:
     """Names without the MTP layers (index >= num_hidden_layers), and how many layers were dropped."""
-    n = int(cfg["num_hidden_layers"])
-    keep = [k for k in src.keys() if (_layer_of(k) if _layer_of(k) is not None else -1) < n]
-    return keep, int(cfg.get("num_nextn_predict_layers") or 0)
+    mc = ModelConfig.of(cfg)
+    keep = [k for k in src.keys() if (_layer_of(k) if _layer_of(k) is not None else -1) < mc.num_hidden_layers]
+    return keep, mc.mtp_layers
 
 
 def _checked_load(src: Source, name: str) -> Thunk:
@@ -75,7 +76,7 @@ def _checked_load(src: Source, name: str) -> Thunk:
 
 
 def _stack_inputs(g: Group, cfg: dict, where) -> list[str]:
-    n = int(cfg["num_experts"])
+    n = ModelConfig.of(cfg).num_experts
     if sorted(g.slots) != list(range(n)):
         missing = [e for e in range(n) if e not in g.slots]
         raise UnknownTensorError(f"layer {g.layer} has experts {sorted(g.slots)[:4]}..., config num_experts is {n}",
@@ -88,7 +89,7 @@ def _check_vocab_rows(src: Source, cfg: dict) -> None:
     # llama.cpp sizes token_embd/output by the token list, which has vocab_size entries.
     name = "model.word_embeddings.weight"
     rows = src.info(name).shape[0] if name in src.infos else None
-    if rows is not None and rows != int(cfg["vocab_size"]):
+    if rows is not None and rows != ModelConfig.of(cfg).vocab_size:
         raise BadInputError(f"{rows} embedding rows but config vocab_size is {cfg['vocab_size']}", path=src.path,
                             tensor=name, fix="correct vocab_size in config.json; llama.cpp needs one token per row")
 
@@ -100,7 +101,7 @@ def to_gguf(src: Source, opts: dict) -> PartedSource:
     table = table_for_config(cfg, src.path)
     arch = table["gguf_arch"]
     names, notes = src.keys(), {"arch": arch}
-    if opts.get("no_mtp") and int(cfg.get("num_nextn_predict_layers") or 0):
+    if opts.get("no_mtp") and ModelConfig.of(cfg).mtp_layers:
         names, dropped = drop_mtp(src, cfg)
         notes["mtp_dropped_layers"] = dropped
         cfg["num_nextn_predict_layers"] = 0
@@ -169,7 +170,7 @@ def from_gguf(src: Source, opts: dict) -> Source:
 
 
 def _check_expert_count(cfg: dict, n: int, where, name: str) -> None:
-    if n != int(cfg["num_experts"]):
+    if n != ModelConfig.of(cfg).num_experts:
         raise BadInputError(f"stacked experts hold {n} experts; expert_count says {cfg['num_experts']}",
                             path=where, tensor=name, fix="the file is inconsistent; re-export it")
 

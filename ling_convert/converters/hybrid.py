@@ -22,6 +22,7 @@ from ..model import arch as arch_mod
 from ..core import schemas
 from ..core.errors import BadInputError, UnsupportedError
 from ..core.source import Source, TensorInfo
+from ..model.config import ModelConfig
 from ..model.ops import Op, split_qkv
 from . import converter
 
@@ -185,13 +186,13 @@ def plan_hybrid(src: Source, *, linear_layers: str | None = None, layer_group_si
     """Validate options against the source and fix every choice; reads no tensor data."""
     base = _check_source(src)
     cfg = src.config
-    n_layers = int(cfg["num_hidden_layers"])
+    mc = ModelConfig.of(cfg)
+    n_layers = mc.num_hidden_layers
     group = _choose_group(base, n_layers, linear_layers, layer_group_size)
     method, seed = parse_init(init)
     recipe = schemas.load(RECIPE)
     std = float(cfg.get("initializer_range") or recipe["init"]["initializer_range_default"])
-    nh, d = int(cfg["num_attention_heads"]), arch_mod.head_dim(cfg)
-    gns = _group_norm(recipe["targets"][base], group_norm_size, nh, d)
+    gns = _group_norm(recipe["targets"][base], group_norm_size, mc.num_attention_heads, mc.head_dim)
     mdir = Path(modeling_dir) if modeling_dir is not None else None
     if mdir is not None and not mdir.is_dir():
         raise BadInputError("--modeling-dir is not a directory", path=mdir, fix="point it at the hybrid *.py files")
@@ -218,8 +219,8 @@ def _group_norm(target, requested: int | None, nh: int, d: int) -> int | None:
 def to_hybrid(src: Source, plan: HybridPlan) -> Source:
     """A new lazy Source in the hybrid layout; reused tensors keep their original thunks (bit-identical)."""
     cfg = src.config
-    nh, nkv, d = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"]), arch_mod.head_dim(cfg)
-    hidden = int(cfg["hidden_size"])
+    mc = ModelConfig.of(cfg)
+    nh, nkv, d, hidden = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, mc.hidden_size
     infos, thunks = dict(src.infos), dict(src.thunks)
     specs = schemas.load(RECIPE)["linear_layer_tensors"]
     for layer in sorted(plan.linear):
@@ -288,7 +289,7 @@ def _aux(src: Source, plan: HybridPlan) -> dict[str, Path]:
 def manifest_notes(cfg: dict, plan: HybridPlan) -> dict:
     """What was reused, derived and created, and why; goes into ling-convert.json."""
     recipe = schemas.load(RECIPE)
-    n_layers = int(cfg["num_hidden_layers"])
+    n_layers = ModelConfig.of(cfg).num_hidden_layers
     why = {s["suffix"]: {"op": s["op"], "why": s["why"]} for s in recipe["linear_layer_tensors"]}
     why["attention.g_proj.weight"].update(init=plan.init_method, seed=plan.seed,
                                           std=plan.std if plan.init_method == "normal" else None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..core import schemas
 from ..core.errors import ConfigSchemaError, UnknownArchitectureError
-from .config import ModelConfig, head_dim  # noqa: F401  (head_dim: re-exported)
+from .config import ModelConfig, config_int, head_dim  # noqa: F401  (head_dim: re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Architecture:
         pattern = self.table.get("layer_pattern")
         if not pattern:
             return frozenset()
-        return linear_layer_set(int(cfg["num_hidden_layers"]), int(cfg.get(pattern["field"]) or pattern["default"]))
+        return linear_layer_set(ModelConfig.of(cfg).num_hidden_layers, config_int(cfg, pattern["field"], pattern["default"]))
 
     def expected_names(self, cfg: dict) -> list[str]:
         """Every tensor name a complete checkpoint of this config holds."""
@@ -85,7 +85,7 @@ def _in_scope(scope: str, kind: str) -> bool:
 
 def _expand(pattern: str, layer: int, cfg: dict, scope: str) -> list[str]:
     if scope == "expert":
-        return [pattern.format(layer=layer, expert=e) for e in range(int(cfg["num_experts"]))]
+        return [pattern.format(layer=layer, expert=e) for e in range(ModelConfig.of(cfg).num_experts)]
     return [pattern.format(layer=layer)]
 
 
@@ -132,8 +132,8 @@ def check_config(a: Architecture, cfg: dict, where=None) -> None:
 def param_counts(a: Architecture, cfg: dict, infos: dict) -> dict:
     """Total, activated (per token) and MTP parameter counts from tensor shapes."""
     kinds = a.layer_kinds(cfg)
-    n_main = int(cfg["num_hidden_layers"])
-    E, k = int(cfg.get("num_experts") or 1), int(cfg.get("num_experts_per_tok") or 1)
+    n_main = ModelConfig.of(cfg).num_hidden_layers
+    E, k = config_int(cfg, "num_experts", 1), config_int(cfg, "num_experts_per_tok", 1)
     total = mtp = routed = 0
     for name, info in infos.items():
         total += info.numel

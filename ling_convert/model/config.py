@@ -10,26 +10,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..core.errors import ConfigSchemaError
+
 
 def derived_head_dim(cfg: Mapping) -> int:
     """hidden / heads: what an absent, 0 or null `head_dim` means (HF's `or` rule)."""
-    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+    return config_int(cfg, "hidden_size") // config_int(cfg, "num_attention_heads")
 
 
 def head_dim(cfg: Mapping) -> int:
     """`head_dim` from the config; 0/None means hidden/heads (Ling-plus has heads*head_dim != hidden)."""
     hd = cfg.get("head_dim")
-    return int(hd) if hd else derived_head_dim(cfg)
+    return config_int(cfg, "head_dim") if hd else derived_head_dim(cfg)
 
 
 def head_dim_is_derived(cfg: Mapping) -> bool:
     """True when `head_dim` is absent or says what hidden/heads says anyway."""
     hd = cfg.get("head_dim")
-    return not hd or int(hd) == derived_head_dim(cfg)
+    return not hd or config_int(cfg, "head_dim") == derived_head_dim(cfg)
+
+
+def config_int(cfg: Mapping, key: str, default: int | None = None) -> int:
+    """int(cfg[key]); an absent, 0 or null value means `default` when one is given. Bad values name the key."""
+    v = cfg.get(key)
+    if not v and default is not None:
+        return default
+    if v is None:
+        raise ConfigSchemaError(f"field {key!r} is missing", fix=f"add {key!r} to config.json")
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ConfigSchemaError(f"field {key!r} must be a number, got {v!r}", fix=f"set {key!r} to a number") from None
 
 
 def _int(cfg: Mapping, key: str) -> int:
-    return int(cfg.get(key) or 0)
+    return config_int(cfg, key, 0)
 
 
 @dataclass(frozen=True)
@@ -49,13 +64,13 @@ class ModelConfig:
     @classmethod
     def of(cls, cfg: Mapping) -> "ModelConfig":
         heads = _int(cfg, "num_attention_heads")
-        return cls(hidden_size=int(cfg["hidden_size"]), num_attention_heads=heads,
-                   num_key_value_heads=int(cfg.get("num_key_value_heads") or heads), head_dim=head_dim(cfg),
-                   num_hidden_layers=int(cfg["num_hidden_layers"]),
+        return cls(hidden_size=config_int(cfg, "hidden_size"), num_attention_heads=heads,
+                   num_key_value_heads=config_int(cfg, "num_key_value_heads", heads), head_dim=head_dim(cfg),
+                   num_hidden_layers=config_int(cfg, "num_hidden_layers"),
                    first_k_dense_replace=_int(cfg, "first_k_dense_replace"),
                    mtp_layers=_int(cfg, "num_nextn_predict_layers"), num_experts=_int(cfg, "num_experts"),
                    experts_per_token=_int(cfg, "num_experts_per_tok"), shared_experts=_int(cfg, "num_shared_experts"),
-                   vocab_size=int(cfg["vocab_size"]))
+                   vocab_size=config_int(cfg, "vocab_size"))
 
     @property
     def layer_kinds(self) -> dict[int, str]:

@@ -21,6 +21,7 @@ import torch
 from ..core.errors import BadInputError
 from ..core.source import Source
 from ..formats import open_source
+from ..model.config import config_int
 from ..pipeline import prepare
 from ..quant.fp8_block import FP8Block
 from .experts import ExpertsCheck
@@ -103,7 +104,7 @@ def _check_runnable(src: Source) -> None:
 
 
 def make_tokens(cfg: dict, tokens: list[int] | None, seq_len: int, seed: int) -> torch.Tensor:
-    vocab = int(cfg["vocab_size"])
+    vocab = config_int(cfg, "vocab_size")
     if tokens:
         bad = [t for t in tokens if not 0 <= t < vocab]
         if bad:

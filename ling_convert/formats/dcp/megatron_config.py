@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ...core import schemas
-from ...model.arch import head_dim
+from ...model.config import ModelConfig
 from ...core.errors import ConfigSchemaError, UnsupportedError
 
 TABLE = "megatron/config.json"
@@ -145,14 +145,15 @@ def args_from_hf_config(cfg: dict, rows: int) -> dict:
     """Megatron args for common.pt from an HF config (`rows` = embedding rows written)."""
     t = schemas.load(TABLE)
     args = {a: cfg.get(hf) for hf, a in t["same"].items()}
-    n, k = int(cfg["num_hidden_layers"]), int(cfg.get("first_k_dense_replace") or 0)
-    nkv, heads = int(cfg["num_key_value_heads"]), int(cfg["num_attention_heads"])
+    mc = ModelConfig.of(cfg)
+    n, k = mc.num_hidden_layers, mc.first_k_dense_replace
+    nkv, heads = mc.num_key_value_heads, mc.num_attention_heads
     args.update(dict(t["args_constants"]))
     args.update({
-        "num_query_groups": nkv, "group_query_attention": nkv != heads, "kv_channels": head_dim(cfg),
+        "num_query_groups": nkv, "group_query_attention": nkv != heads, "kv_channels": mc.head_dim,
         "moe_layer_freq": [0] * k + [1] * (n - k), "first_k_dense_replace": k,
         "untie_embeddings_and_output_weights": not cfg.get("tie_word_embeddings", False),
-        "vocab_size": int(cfg["vocab_size"]), "padded_vocab_size": int(rows),
+        "vocab_size": mc.vocab_size, "padded_vocab_size": int(rows),
         "seq_length": cfg.get("max_position_embeddings"),
     })
     return args

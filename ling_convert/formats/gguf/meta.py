@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from ...core import bounded, schemas
-from ...model.config import derived_head_dim, head_dim
+from ...model.config import config_int, derived_head_dim, head_dim
 from ...core.errors import BadInputError, ConfigSchemaError, UnknownArchitectureError, UnsupportedError
 
 HF_CONFIG_KEY = "ling_convert.hf_config"   # the HF config.json the file was made from (llama.cpp ignores it)
@@ -81,7 +81,7 @@ def rope_dim_partial(cfg: dict) -> int:
     """
     d = head_dim(cfg)
     if cfg.get("rotary_dim"):
-        return int(cfg["rotary_dim"])
+        return config_int(cfg, "rotary_dim")
     f = cfg.get("partial_rotary_factor", (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"))
     return int(d * float(f)) if f is not None else d
 

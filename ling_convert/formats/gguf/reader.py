@@ -24,6 +24,7 @@ from ...core import schemas
 from ...core.errors import CorruptFileError, MissingShardError, UnsupportedError
 from ...core.names import compile_pattern
 from ...core.source import PartedSource, TensorInfo
+from ...model.config import config_int
 from ..safetensors import pread_flat
 from .guard import check_header
 from .meta import read_kv, recover_config, table_for_arch
@@ -165,7 +166,7 @@ def _fill_missing_tensors(table, cfg: dict, infos: dict, thunks: dict) -> list[d
         for layer in layers:
             name = e["gguf"].format(layer=layer)
             if name not in infos:
-                shape = tuple(int(cfg[f]) for f in e["zeros_shape"])
+                shape = tuple(config_int(cfg, f) for f in e["zeros_shape"])
                 infos[name], thunks[name] = TensorInfo(shape, torch.float32), (lambda s=shape: torch.zeros(s))
                 issues.append({"key": name, "problem": f"missing: {e['silent_if_missing']}", "llama_default": "zeros"})
     return issues

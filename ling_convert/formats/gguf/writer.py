@@ -26,6 +26,7 @@ from ...core import fastio, schemas
 from ...core.errors import BadInputError, OutputExistsError, VerificationError
 from ...core.output import StagedOutput
 from ...core.source import Source
+from ...model.config import ModelConfig
 from ..safetensors import parse_size
 from .meta import (
     add_tokenizer,
@@ -304,7 +305,7 @@ def write_gguf(src: Source, out: Path, opts) -> Path:
     embedded = src.original_config or cfg
     add_values(writer, general_values(embedded, name, file_type) + metadata_values(cfg, table, src.path))
     tok_summary = copy_tokenizer(writer, src.path) if from_gguf else add_tokenizer(writer, tok, table,
-                                                                                  int(cfg["vocab_size"]))
+                                                                                  ModelConfig.of(cfg).vocab_size)
     for n, (qt, _, shape) in plan.items():
         writer.add_tensor_info(n, shape, np.dtype(np.float32), type_nbytes(shape, qt), raw_dtype=qt)
     names = [p.name for p in writer.format_shard_names(out)]
@@ -347,7 +348,8 @@ def check_names(src: Source, table) -> None:
             raise BadInputError("a tensor of a group is missing", path=src.path, tensor=missing,
                                 fix="the source is incomplete")
     cfg = src.config or {}
-    blocks = int(cfg["num_hidden_layers"]) + int(cfg.get("num_nextn_predict_layers") or 0)
+    mc = ModelConfig.of(cfg)
+    blocks = mc.num_hidden_layers + mc.mtp_layers
     top = max((g.layer for g in groups if g.layer is not None), default=-1) + 1
     if top != blocks:
         raise BadInputError(f"tensors cover {top} blocks but block_count would be {blocks} (llama.cpp refuses a "

@@ -20,6 +20,7 @@ from pathlib import Path
 from ...core import bounded
 from ...core.errors import LingConvertError
 from ...core.source import Source
+from ...model.config import ModelConfig
 from .. import safetensors as st
 from .config import check_supported, layout, normalise_spelling, schema_problems
 from .transform import from_mindie, to_mindie
@@ -178,14 +179,15 @@ def _config_vs_tensors(root: Path, cfg: dict) -> list[str]:
     """Tensor names and the attention width must match what config.json declares."""
     try:
         src = st.open_source(root, "mindie")
-        from ...model.arch import detect_architecture, head_dim
+        from ...model.arch import detect_architecture
         cfg, _ = normalise_spelling(cfg)  # the n_* spelling is reported by the schema check already
         a = detect_architecture(cfg, root / "config.json")
         missing = [n for n in a.expected_names(cfg) if n not in src.infos]
         out = [f"weights: {len(missing)} tensor(s) config.json requires are absent, e.g. {missing[0]}"] if missing else []
         qkv = "model.layers.0.attention.query_key_value.weight"
         if qkv in src.infos:
-            want = (int(cfg["num_attention_heads"]) + 2 * int(cfg["num_key_value_heads"])) * head_dim(cfg)
+            mc = ModelConfig.of(cfg)
+            want = (mc.num_attention_heads + 2 * mc.num_key_value_heads) * mc.head_dim
             if src.infos[qkv].shape[0] != want:
                 out.append(f"config.json: {qkv} has {src.infos[qkv].shape[0]} rows but the config implies {want} "
                            "(head_dim missing or wrong?)")

@@ -1,4 +1,4 @@
-"""`ling-convert demo`: every registered edge on every embedded tiny model, with parity.
+"""`ling-convert demo` (`api.run_demo`): every registered edge on every embedded tiny model, with parity.
 
 The tiny models are built in a work dir (temp by default), each edge's input is
 produced by the route planner from the tiny safetensors model, and each output
@@ -11,15 +11,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import api
-from .converters import all_edges, plan_route
-from .core.errors import LingConvertError, RouteNotFoundError
-from .testing import TINY_MODELS, write_tiny
+from ..converters import all_edges, plan_route
+from ..converters.config_ops import yarn
+from ..core.errors import LingConvertError, RouteNotFoundError
+from ..testing import TINY_MODELS, write_tiny
+from ..verify.logits import verify
+from ..verify.report import short
+from . import convert
 
 
 def _parity(ref: Path, out: Path, lossless: bool) -> str:
-    from .verify.logits import verify
-    from .verify.report import short
     rep = verify(ref, out)
     # A lossless edge must reproduce every weight and the logits bit for bit, whatever the class allows.
     status = "PASS" if rep.passed and (rep.exact or not lossless) else "FAIL"
@@ -33,7 +34,7 @@ def _input_for(edge, base: dict[str, Path], model_dir: Path) -> Path:
     plan_route("safetensors", edge.src)  # raises RouteNotFoundError when unreachable
     dst = model_dir / f"input-{edge.src}"
     if not dst.exists():
-        api.convert(base["safetensors"], dst, to=edge.src, options=edge.demo_options or {})
+        convert(base["safetensors"], dst, to=edge.src, options=edge.demo_options or {})
     base[edge.src] = dst
     return dst
 
@@ -60,12 +61,10 @@ def run_demo(workdir: str | Path | None = None, models: list[str] | None = None)
 
 def _run_transforms(model: str, src: Path, mdir: Path) -> list[dict]:
     """Checkpoint transforms that are not format edges, each with the parity it promises."""
-    from .converters.config_ops import yarn
-    from .api import to_hybrid_linear
     rows = []
     # Hybrid-linear with no linear layer must reproduce the source logits exactly.
     rows.append(_timed(model, "to-hybrid-linear --layer-group-size 1", mdir / "hybrid-k1", src, True,
-                       lambda out: to_hybrid_linear(src, out, layer_group_size=1, force=True)))
+                       lambda out: convert(src, out, to="hybrid-linear", options={"layer_group_size": 1}, force=True)))
     # YaRN x4 and back: the round trip must restore the source logits exactly.
     yarned = mdir / "yarn4"
     rows.append(_timed(model, "yarn --factor 4 --remove (round trip)", mdir / "yarn-back", src, True,
@@ -93,7 +92,7 @@ def _run_edge(model: str, edge, base: dict, mdir: Path) -> dict:
         src = _input_for(edge, base, mdir)
         out = mdir / f"out-{edge.name}"
         t0 = time.perf_counter()
-        r = api.convert(src, out, to=edge.dst, from_format=edge.src, force=True, options=edge.demo_options)
+        r = convert(src, out, to=edge.dst, from_format=edge.src, force=True, options=edge.demo_options)
         row["seconds"] = time.perf_counter() - t0
         row["bytes"] = sum(p.stat().st_size for p in Path(r.output).rglob("*") if p.is_file()) \
             if Path(r.output).is_dir() else Path(r.output).stat().st_size
