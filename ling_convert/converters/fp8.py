@@ -136,12 +136,12 @@ def quantize_edge(src: Source, opts: dict) -> Source:
 def _partitioned_sizes(cfg: dict) -> list[tuple[str, int, int]]:
     """(what, full size, smallest per-partition size) for every TP-split GEMM dimension."""
     d, nh, nkv = head_dim(cfg), config_int(cfg, "num_attention_heads"), config_int(cfg, "num_key_value_heads", 0)
-    moe = int(cfg.get("moe_intermediate_size") or 0)
-    shared = int(cfg.get("moe_shared_expert_intermediate_size") or 0) or moe * int(cfg.get("num_shared_experts") or 0)
+    moe = config_int(cfg, "moe_intermediate_size", 0)
+    shared = config_int(cfg, "moe_shared_expert_intermediate_size", 0) or moe * config_int(cfg, "num_shared_experts", 0)
     rows = [("moe_intermediate_size", moe, 1), ("shared-expert intermediate size", shared, 1),
             ("query width (heads x head_dim)", nh * d, d), ("key/value width (kv_heads x head_dim)", nkv * d, d)]
-    if int(cfg.get("first_k_dense_replace") or 0) > 0:
-        rows.append(("intermediate_size (dense MLP)", int(cfg.get("intermediate_size") or 0), 1))
+    if config_int(cfg, "first_k_dense_replace", 0) > 0:
+        rows.append(("intermediate_size (dense MLP)", config_int(cfg, "intermediate_size", 0), 1))
     return [r for r in rows if r[1] > 0]
 
 

@@ -31,7 +31,7 @@ def head_dim_is_derived(cfg: Mapping) -> bool:
 
 
 def config_int(cfg: Mapping, key: str, default: int | None = None) -> int:
-    """int(cfg[key]); an absent, 0 or null value means `default` when one is given. Bad values name the key."""
+    """The integer at `key`; absent, 0 or null means `default` when one is given. Bad values name the key."""
     v = cfg.get(key)
     if not v and default is not None:
         return default

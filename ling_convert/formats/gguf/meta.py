@@ -111,7 +111,7 @@ def _set_head_dim(v, cfg, kv):
 
 def _set_shexp(v, cfg, kv):
     # the loader multiplies the per-expert width by expert_shared_count
-    cfg["moe_shared_expert_intermediate_size"] = int(v) * int(cfg.get("num_shared_experts") or 1)
+    cfg["moe_shared_expert_intermediate_size"] = int(v) * config_int(cfg, "num_shared_experts", 1)
 
 
 DERIVE: dict[str, tuple[Callable[[dict], Any], Callable[[Any, dict, dict], None]]] = {
