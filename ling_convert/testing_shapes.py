@@ -22,7 +22,8 @@ import torch
 
 from .core.source import TensorInfo
 from .formats.safetensors import header_bytes, shard_names
-from .model.arch import detect_architecture, head_dim
+from .model.arch import detect_architecture
+from .model.config import ModelConfig
 from .testing import tensor_shapes
 
 _V1 = {"architectures": ["BailingMoeForCausalLM"], "model_type": "bailing_moe",
@@ -98,7 +99,8 @@ def published_infos(cfg: dict) -> dict[str, TensorInfo]:
     """Name -> shape/dtype of every tensor, in save_pretrained order (layer-major)."""
     shapes = tensor_shapes(cfg)
     a = detect_architecture(cfg)
-    H, nh, d = int(cfg["hidden_size"]), int(cfg["num_attention_heads"]), head_dim(cfg)
+    mc = ModelConfig.of(cfg)
+    H, nh, d = mc.hidden_size, mc.num_attention_heads, mc.head_dim
     for layer in a.linear_layers(cfg):     # linear-attention layers: MHA-wide QKV (architectures.md §3.3)
         shapes[f"model.layers.{layer}.attention.query_key_value.weight"] = (3 * nh * d, H)
     fp32 = {n for n in shapes if n.endswith("expert_bias")}   # a persistent fp32 buffer in v2 checkpoints
