@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 
 from .arch import Architecture
-from .config import head_dim
+from .config import ModelConfig, config_int
+from .ops import qkv_sizes
 from ..core.errors import ConfigSchemaError
 from ..core.source import Source
 
@@ -53,12 +54,13 @@ def _bound(src: Source, field: str, what: str, pattern: re.Pattern) -> None:
 def _check_qkv(a: Architecture, src: Source) -> None:
     cfg = src.config
     linear = a.linear_layers(cfg)
-    softmax = next((i for i in range(int(cfg["num_hidden_layers"])) if i not in linear), None)
+    softmax = next((i for i in range(config_int(cfg, "num_hidden_layers")) if i not in linear), None)
     info = src.infos.get(QKV.format(layer=softmax)) if softmax is not None else None
     if info is None or not info.shape:
         return
-    heads, groups, hd = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"]), head_dim(cfg)
-    want = (heads + 2 * groups) * hd
+    mc = ModelConfig.of(cfg)
+    heads, groups, hd = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
+    want = sum(qkv_sizes(heads, groups, hd))
     if info.shape[0] != want:
         raise ConfigSchemaError(
             f"config gives (num_attention_heads {heads} + 2 x num_key_value_heads {groups}) x head_dim {hd} = {want} "
