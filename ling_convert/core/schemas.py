@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
 
 def schemas_dir() -> Path:
+    """The schema tables: `ling_convert/_schemas` inside an installed package (setup.py maps the
+    repo's top-level `schemas/` there), else `schemas/` beside the package in a source checkout."""
     env = os.environ.get("LING_CONVERT_SCHEMAS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    pkg = Path(str(resources.files("ling_convert")))
+    for cand in (pkg / "_schemas", pkg.parent / "schemas"):
+        if (cand / "arch").is_dir():
+            return cand
+    raise FileNotFoundError(errno.ENOENT, "schema tables missing; reinstall ling-convert", str(pkg / "_schemas"))
 
 
 @lru_cache(maxsize=None)
