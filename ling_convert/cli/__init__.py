@@ -10,16 +10,32 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Annotated
 
 import typer
 
 from ..core.heap import fewer_gc_passes, return_big_buffers_to_os
 from ..core.errors import LingConvertError
 from ..core.plugins import load_modules
+from .usage import PROG, Abort, NoArgsIsHelpError, UsageError, usage_line
 
 app = typer.Typer(name="ling-convert", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False,
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Convert, quantize, verify and sync Ling (BailingMoe) checkpoints.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+        print(f"ling-convert {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """Convert, quantize, verify and sync Ling (BailingMoe) checkpoints."""
+
 
 # Command modules; each defines its commands on `app` at import time.
 _COMMANDS = ("core", "verify_cmd", "fp8_cmd", "dcp_cmd", "mindie_cmd", "gguf_cmd", "hybrid_cmd",
@@ -58,12 +74,20 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
-        app(args=argv, standalone_mode=True)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        # Not standalone: usage errors come back as exceptions, to be printed as one line.
+        rv = app(args=argv, prog_name=PROG, standalone_mode=False)
+        code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0   # an Exit's code
         if code == 130:  # click turned Ctrl-C into Exit(130) after the command unwound
             code = _fail(INTERRUPTED, 130)
+    except NoArgsIsHelpError as e:
+        print(e.ctx.get_help())
+        code = 0
+    except UsageError as e:
+        code = _fail(usage_line(e), 2)
+    except Abort:
+        code = _fail(INTERRUPTED, 130)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except LingConvertError as e:
         if debug:
             import traceback
