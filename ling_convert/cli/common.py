@@ -22,6 +22,8 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print route and shar
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="Processes filling each output file (default: cores available, capped by memory). "
                       "Output bytes do not depend on it.")]
+ConfigFromOpt = Annotated[Optional[Path], typer.Option(
+    "--config-from", help="HF model dir whose config.json (and tokenizer files) to use, e.g. for a Megatron DCP.")]
 
 # Wide enough for the demo table when output is piped (rich assumes 80 columns then).
 out = Console(width=None if sys.stdout.isatty() else 140)

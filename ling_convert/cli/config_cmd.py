@@ -11,7 +11,7 @@ import typer
 from .. import api
 from ..core.errors import ConfigSchemaError
 from . import app
-from .common import ForceOpt, JsonOpt, emit_json
+from .common import ConfigFromOpt, ForceOpt, JsonOpt, emit_json
 
 config_app = typer.Typer(name="config", no_args_is_help=True,
                          help="Show, compare and validate model configs (HF dirs, MindIE dirs, config.json, GGUF).")
@@ -62,9 +62,10 @@ def yarn(path: PathArg, factor: FactorOpt = None, original: OrigOpt = None, out_
 
 
 @config_app.command("show")
-def show(path: PathArg, normalized: NormOpt = False, as_json: JsonOpt = False):
-    """Print the config (both files of a MindIE dir; the metadata of a GGUF)."""
-    r = api.config_show(path, normalized=normalized)
+def show(path: PathArg, normalized: NormOpt = False, config_from: ConfigFromOpt = None, as_json: JsonOpt = False):
+    """Print the config (both files of a MindIE dir; the metadata of a GGUF; for a Megatron DCP dir, the
+    config a conversion would use)."""
+    r = api.config_show(path, normalized=normalized, config_from=config_from)
     if as_json:
         emit_json(r)
         return

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from .. import api
 from . import app
-from .common import (DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
-                     byte_progress, emit_json, human_bytes, out, print_shard_plan, workers_line)
+from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+                     WorkersOpt, byte_progress, emit_json, human_bytes, out, print_shard_plan, workers_line)
 
 
 def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
@@ -45,12 +45,13 @@ def _print_result(r: api.ConvertResult, as_json: bool) -> None:
 @app.command()
 def convert(src: SrcArg, dst: OutArg,
             to: Annotated[str, typer.Option("--to", help="Target format (see `ling-convert formats`).")] = "safetensors",
-            from_format: FromOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
-            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
+            from_format: FromOpt = None, config_from: ConfigFromOpt = None, max_shard_size: MaxShardOpt = "5GB",
+            force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False,
             workers: WorkersOpt = None):
     """Convert SRC to format --to; the route planner finds the chain of converters."""
     _run_convert(src, dst, to, from_format=from_format, max_shard_size=max_shard_size, force=force,
-                 resume=resume, dry_run=dry_run, as_json=as_json, workers=workers)
+                 resume=resume, dry_run=dry_run, as_json=as_json, workers=workers,
+                 options={"config_from": str(config_from)} if config_from else None)
 
 
 @app.command()

@@ -11,8 +11,8 @@ import typer
 
 from ..api import dcp_to_hf, hf_to_dcp, world
 from . import app
-from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
-                     byte_progress, emit_json, err, human_bytes, out, workers_line)
+from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+                     WorkersOpt, byte_progress, emit_json, err, human_bytes, out, workers_line)
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
 Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
@@ -21,8 +21,6 @@ ScaleFmtOpt = Annotated[Optional[str], typer.Option(
                         "them, byte-identical to its output; float: exact amax/448; ue8m0: all powers of two.")]
 VocabOpt = Annotated[Optional[int], typer.Option(
     "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
-ConfigFromOpt = Annotated[Optional[Path], typer.Option(
-    "--config-from", help="HF model dir whose config.json (and tokenizer files) to use.")]
 TokDirOpt = Annotated[Optional[Path], typer.Option(
     "--tokenizer-dir", help="Dir whose tokenizer files are copied; also gives eos/pad ids.")]
 UnmappedOpt = Annotated[bool, typer.Option(

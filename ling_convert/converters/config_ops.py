@@ -235,13 +235,36 @@ def _write_copy(target: Target, new: dict, out: Path, force: bool, manifest: dic
 # ---------------------------------------------------------------- show / diff / validate
 
 
-def show(path: str | Path, normalized: bool = False) -> dict:
-    """{"kind", "path", "configs": {file: config or GGUF metadata}}."""
+def show(path: str | Path, normalized: bool = False, config_from: str | Path | None = None) -> dict:
+    """{"kind", "path", "configs": {file: config or GGUF metadata}}; for a Megatron DCP dir, the config
+    a conversion would use (its config.json, the common.pt args, or `config_from`)."""
+    if config_from is not None or _is_dcp_dir(Path(path)):
+        return _checkpoint_config(Path(path), config_from, normalized)
     t = open_target(path)
     if t.kind == "gguf":
         return {"kind": "gguf", "path": str(t.path), "configs": {t.path.name: config_gguf.metadata(t.path)}}
     norm = normalize_config if normalized else (lambda c: c)
     return {"kind": t.kind, "path": str(t.path), "configs": {n: norm(c) for n, c in t.configs.items()}}
+
+
+def _is_dcp_dir(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file() and not (path / CONFIG).is_file()
+
+
+def _checkpoint_config(path: Path, config_from, normalized: bool) -> dict:
+    from ..formats import open_source
+    src = open_source(path)
+    cfg, origin = src.config, src.notes.get("config_origin") or CONFIG
+    if config_from is not None:
+        cfg, origin = read_config(Path(config_from)), str(config_from)
+        if cfg is None:
+            raise BadInputError("no config.json here", path=config_from, fix="point --config-from at an HF model directory")
+    if cfg is None:
+        why = src.notes.get("config_error") or "no config.json and no common.pt args to derive one from"
+        raise BadInputError(f"no config ({why})", path=path,
+                            fix="pass --config-from HF_DIR (the HF model directory this checkpoint came from)")
+    return {"kind": src.format, "path": str(path),
+            "configs": {f"{CONFIG} (from {origin})": normalize_config(cfg) if normalized else cfg}}
 
 
 def diff_paths(a: str | Path, b: str | Path, normalized: bool = False) -> list[dict]:

@@ -68,6 +68,9 @@ def with_config_from(src: Source, cfg_dir: str | Path) -> Source:
 def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
             options: dict | None = None) -> tuple[Source, list]:
     """Open the source and apply the route to `to` lazily (no tensor data is read)."""
+    if from_format:
+        from .input_kind import check_input_kind
+        check_input_kind(src_path, from_format, to)
     src = open_checkpoint(src_path, from_format)
     if (options or {}).get("config_from"):
         src = with_config_from(src, options["config_from"])
