@@ -21,7 +21,6 @@ from .converters.config_ops import yarn as config_yarn
 from .converters.gguf import OUT_DTYPES
 from .core.errors import BadInputError, RouteNotFoundError, UnsupportedError
 from .core.output import parse_size
-from .core.source import ordered
 from .formats import all_formats, detect_format, open_source
 from .formats.dcp.writer import plan_files, plan_items
 from .formats.gguf.meta import refuse_if_unsupported
@@ -31,9 +30,7 @@ from .formats.mindie import validate_mindie_dir
 from .formats.writer import DEFAULT_SHARD
 from .hub import quiet_clients
 from .hub.sync import pull, push
-from .model import arch as arch_mod
 from .model.config import ModelConfig
-from .model.counts import check_counts
 from .pipeline import HF_NAMED, ConvertResult, check_complete, convert, execute, open_checkpoint, prepare, with_config_from
 from .pipeline.demo import run_demo
 from .pipeline.parallel import HF_TARGETS, convert_parallel, world
@@ -55,46 +52,9 @@ def graph() -> dict:
 
 
 def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
-    """Format, architecture, layer/expert counts, parameter counts, dtypes, shards, bytes."""
-    src = open_checkpoint(path, fmt)
-    cfg = src.config or {}
-    info: dict = {"path": str(src.path), "format": src.format, "tensors": len(src.infos),
-                  "bytes": src.total_bytes}
-    dtypes: dict[str, int] = {}
-    for i in src.infos.values():
-        key = str(i.dtype).replace("torch.", "")
-        dtypes[key] = dtypes.get(key, 0) + i.numel
-    info["dtypes"] = dict(sorted(dtypes.items()))
-    try:
-        a = arch_mod.detect_architecture(cfg, src.path)
-        check_counts(a, src)
-    except Exception as e:  # inspect still reports what it can about the files
-        info["architecture"] = None
-        info["architecture_error"] = str(e)
-        return info
-    mc = ModelConfig.of(cfg)
-    kinds = mc.layer_kinds
-    info.update({
-        "architecture": cfg["architectures"][0], "arch_family": a.name,
-        "layers": mc.num_hidden_layers,
-        "dense_layers": sum(1 for k in kinds.values() if k == "dense"),
-        "moe_layers": sum(1 for k in kinds.values() if k == "moe"),
-        "mtp_layers": sum(1 for k in kinds.values() if k == "mtp"),
-        "experts": mc.num_experts, "experts_per_token": mc.experts_per_token,
-        "shared_experts": mc.shared_experts,
-        "hidden_size": mc.hidden_size, "head_dim": mc.head_dim,
-        "vocab_size": mc.vocab_size,
-        "parameters": arch_mod.param_counts(a, cfg, src.infos) if src.format in HF_NAMED else None,
-    })
-    if src.format in HF_NAMED:
-        expected = a.expected_names(cfg)
-        known = set(expected)        # built once: per tensor it made inspect quadratic (313 s on Ling-mini-2.0)
-        missing = [n for n in expected if n not in src.infos]
-        extra = [n for n in ordered(src.infos) if n not in known]
-        info["missing_tensors"] = missing[:20]
-        info["extra_tensors"] = extra[:20]
-    info["files"] = sorted(p.name for p in Path(src.path).glob("*") if p.is_file()) if Path(src.path).is_dir() else [Path(src.path).name]
-    return info
+    """Format, architecture, layer/expert counts, parameters, dtypes (tensors and bytes), files."""
+    from .pipeline.checkpoint_info import inspect_checkpoint as info
+    return info(path, fmt)
 
 
 # -- DCP (dcp2st / st2dcp) ---------------------------------------------------------------

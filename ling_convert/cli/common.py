@@ -42,6 +42,14 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
+def human_count(n: int) -> str:
+    """Parameter counts: 16.26B, 1.44M, 127.8K, 512."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.4g}{unit}"
+    return str(n)
+
+
 class _Bar:
     """Adapter the API drives: `start(total_bytes)` once, then `advance(n)` per tensor written."""
 

@@ -11,7 +11,8 @@ from rich.table import Table
 from .. import api
 from . import app
 from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
-                     WorkersOpt, byte_progress, emit_json, human_bytes, out, print_shard_plan, workers_line)
+                     WorkersOpt, byte_progress, emit_json, human_bytes, human_count, out, print_shard_plan,
+                     workers_line)
 
 
 def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
@@ -73,7 +74,9 @@ def inspect(path: SrcArg, from_format: FromOpt = None, as_json: JsonOpt = False)
     t = Table(show_header=False, box=None)
     for k, v in info.items():
         if k == "parameters" and v:
-            v = ", ".join(f"{kk} {vv / 1e9:.3f}B" if vv > 1e8 else f"{kk} {vv:,}" for kk, vv in v.items())
+            v = ", ".join(f"{kk} {human_count(vv)}" for kk, vv in v.items())
+        elif k == "dtypes":
+            v = "; ".join(f"{d}: {c['tensors']} tensors, {human_bytes(c['bytes'])}" for d, c in v.items())
         elif k == "bytes":
             v = human_bytes(v)
         elif isinstance(v, (list, dict)):

@@ -126,19 +126,21 @@ def open_gguf(path: str | Path) -> PartedSource:
     except (ValueError, TypeError, KeyError, AttributeError) as e:   # bytes that parse but mean nothing
         raise CorruptFileError(f"malformed GGUF metadata ({type(e).__name__}: {str(e)[:160]})", path=path,
                                fix="the file is damaged; re-download or re-export it") from None
-    infos, thunks, parts, types = {}, {}, {}, Counter()
+    infos, thunks, parts, types, type_bytes = {}, {}, {}, Counter(), Counter()
     for p, r in zip(paths, readers):
         for t in r.tensors:
             if t.name in infos:
                 raise CorruptFileError("tensor appears twice", path=p, tensor=t.name, fix="re-export the file")
             infos[t.name], thunks[t.name], pt = _tensor_reader(p, t)
             types[QT(t.tensor_type).name] += 1
+            type_bytes[QT(t.tensor_type).name] += int(t.n_bytes)
             if pt is not None:
                 parts[t.name] = pt
     issues += _fill_missing_tensors(table, cfg, infos, thunks)
     storage = outtype_of(kv.get("general.file_type"))
     notes = {"gguf_type": storage,   # for the manifest; code reads Source.storage_type
              "gguf": {"arch": table["gguf_arch"], "files": [p.name for p in paths], "tensor_types": dict(types),
+                     "tensor_bytes": dict(type_bytes),
                       "llama_defaults": issues}}
     return PartedSource(path=path, format="gguf", config=cfg, infos=infos, thunks=thunks, aux={}, notes=notes,
                         original_config=embedded, parts=parts, storage_type=storage)
