@@ -50,6 +50,31 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def text_table(headers: list[str], rows: list[list[str]], width: int = 100, gap: int = 2) -> str:
+    """A plain table at most `width` columns wide: the widest columns wrap at spaces, never inside a
+    word (a word longer than its column is the only thing that can overflow)."""
+    import textwrap
+    cells = [list(headers), *rows]
+    natural = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    floor = [max((len(w) for r in cells for w in r[i].split()), default=1) for i in range(len(headers))]
+    widths, budget = natural[:], width - gap * (len(headers) - 1)
+    while sum(widths) > budget:
+        i = max(range(len(widths)), key=lambda j: (widths[j] > floor[j], widths[j]))
+        if widths[i] <= floor[i]:
+            break
+        widths[i] -= 1
+    lines = []
+    for n, row in enumerate(cells):
+        wrapped = [textwrap.wrap(c, w, break_long_words=False, break_on_hyphens=False) or [""]
+                   for c, w in zip(row, widths)]
+        for k in range(max(map(len, wrapped))):
+            parts = [(col[k] if k < len(col) else "").ljust(w) for col, w in zip(wrapped, widths)]
+            lines.append((" " * gap).join(parts).rstrip())
+        if n == 0:
+            lines.append((" " * gap).join("─" * w for w in widths))
+    return "\n".join(lines)
+
+
 class _Bar:
     """Adapter the API drives: `start(total_bytes)` once, then `advance(n)` per tensor written."""
 

@@ -11,8 +11,8 @@ from rich.table import Table
 from .. import api
 from . import app
 from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
-                     WorkersOpt, byte_progress, emit_json, human_bytes, human_count, out, print_shard_plan,
-                     workers_line)
+                     WorkersOpt, byte_progress, emit_json, err, human_bytes, human_count, out, print_shard_plan,
+                     text_table, workers_line)
 
 
 def _run_convert(src: Path, dst: Path, to: str, *, from_format, max_shard_size, force, resume, dry_run,
@@ -103,18 +103,47 @@ def formats(as_json: JsonOpt = False):
     out.print(t)
 
 
+# The demo table: (header, cell of a row). Columns are added here; the table wraps at words to 100 columns.
+DEMO_COLUMNS = (
+    ("model", lambda r: r["model"]),
+    ("edge", lambda r: r["edge"].split(":")[0]),      # an edge's name says its formats
+    ("s", lambda r: f"{r['seconds']:.2f}"),
+    ("size", lambda r: human_bytes(r["bytes"])),
+    ("result", lambda r: r["result"]),
+    ("tolerance", lambda r: r["tolerance"]),
+    # verify's weight and expert passes (the logits pass is the result column)
+    ("checks", lambda r: ", ".join(p for p in r["checks"].split(" | ") if not p.startswith("logits"))),
+)
+DEMO_WIDTH = 100
+
+
+def _demo_progress(r: dict) -> None:
+    err.print(f"{r['model']:<12} {r['edge']:<38} {r['seconds']:6.2f} s  {r['result']}", markup=False,
+              highlight=False, soft_wrap=True)
+
+
 @app.command()
-def demo(workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to build (default: a temp dir).")] = None,
+def demo(workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to build and keep the outputs "
+                                                         "(default: a temporary directory, removed at the end).")] = None,
+         model: Annotated[Optional[list[str]], typer.Option("--model", help="Only this tiny model (repeatable): "
+                                                            "ling-lite, ling-plus, ling-mini-2.")] = None,
          as_json: JsonOpt = False):
     """Build the embedded tiny Ling models and run every edge, printing a parity table."""
-    rows = api.run_demo(workdir)
+    import shutil
+    import tempfile
+    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="ling-convert-demo-"))
+    try:
+        rows = api.run_demo(root, model or None, on_row=None if as_json else _demo_progress)
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
     if as_json:
         emit_json(rows)
-        return
-    t = Table("model", "edge", "seconds", "bytes", "parity", title="ling-convert demo: every edge, verified")
-    for r in rows:
-        t.add_row(r["model"], r["edge"], f"{r['seconds']:.2f}", human_bytes(r["bytes"]), r["parity"])
-    out.print(t)
-    bad = [r for r in rows if r["parity"].startswith("FAIL")]
-    if bad:
+    else:
+        print("ling-convert demo: every edge, verified")
+        print(text_table([h for h, _ in DEMO_COLUMNS], [[cell(r) for _, cell in DEMO_COLUMNS] for r in rows],
+                         width=DEMO_WIDTH))
+        print(f"outputs kept in {root}" if workdir is not None else
+              f"outputs were written to {root}, now removed (pass --workdir DIR to keep them)")
+    if any(r["parity"].startswith("FAIL") for r in rows):
         raise typer.Exit(1)
