@@ -46,7 +46,7 @@ def test_wheel_from_sdist_holds_every_schema_file(wheel):
 def test_unpacked_wheel_detects_a_model_without_the_checkout(wheel, tiny, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import ling_convert, ling_convert.schemas as s, sys; from ling_convert import api; "
+    code = ("import ling_convert, ling_convert.core.schemas as s, sys; from ling_convert import api; "
             "print(ling_convert.__file__); print(s.schemas_dir()); "
             "print(api.inspect_checkpoint(sys.argv[1])['architecture'])")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LING_CONVERT_SCHEMAS")}
