@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 SrcArg = Annotated[Path, typer.Argument(help="Source checkpoint (file or directory, any supported format).")]
 OutArg = Annotated[Path, typer.Argument(help="Output path (created atomically).")]
@@ -25,9 +24,36 @@ WorkersOpt = Annotated[Optional[int], typer.Option(
 ConfigFromOpt = Annotated[Optional[Path], typer.Option(
     "--config-from", help="HF model dir whose config.json (and tokenizer files) to use, e.g. for a Megatron DCP.")]
 
+class _LazyModule:
+    """`api.convert(...)` imports the module on first use, so `--help`, `--version` and usage errors
+    start without the library and torch (tests/test_startup.py)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+        return getattr(importlib.import_module(self._name), attr)
+
+
+api = _LazyModule("ling_convert.api")
+
 # Wide enough for the demo table when output is piped (rich assumes 80 columns then).
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True)
+class _LazyConsole:
+    """A rich Console made on first print: rich costs ~0.1 s of start-up that --help does not need."""
+
+    def __init__(self, **kw):
+        self._kw, self._console = kw, None
+
+    def __getattr__(self, attr: str):
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(**self._kw)
+        return getattr(self._console, attr)
+
+
+out = _LazyConsole(width=None if sys.stdout.isatty() else 140)
+err = _LazyConsole(stderr=True)
 
 
 def emit_json(obj) -> None:

@@ -8,10 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import api
 from ..core.errors import ConfigSchemaError
 from . import app
-from .common import ConfigFromOpt, ForceOpt, JsonOpt, emit_json
+from .common import ConfigFromOpt, api, ForceOpt, JsonOpt, emit_json
 
 config_app = typer.Typer(name="config", no_args_is_help=True,
                          help="Show, compare and validate model configs (HF dirs, MindIE dirs, config.json, GGUF).")

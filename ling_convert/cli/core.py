@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from .. import api
 from . import app
-from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+from .common import (api, ConfigFromOpt, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
                      WorkersOpt, byte_progress, emit_json, err, human_bytes, human_count, out, print_shard_plan,
                      text_table, workers_line)
 
@@ -71,6 +69,7 @@ def inspect(path: SrcArg, from_format: FromOpt = None, as_json: JsonOpt = False)
     if as_json:
         emit_json(info)
         return
+    from rich.table import Table
     t = Table(show_header=False, box=None)
     for k, v in info.items():
         if k == "parameters" and v:
@@ -93,6 +92,7 @@ def formats(as_json: JsonOpt = False):
     if as_json:
         emit_json({"formats": fm, "edges": ed})
         return
+    from rich.table import Table
     t = Table("format", "writable", "summary")
     for n, f in fm.items():
         t.add_row(n, "yes" if f["writable"] else "no", f["summary"])

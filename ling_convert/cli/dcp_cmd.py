@@ -9,9 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..api import dcp_to_hf, hf_to_dcp, world
 from . import app
-from .common import (ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+from .common import (api, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
                      WorkersOpt, byte_progress, emit_json, err, human_bytes, out, workers_line)
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
@@ -32,7 +31,7 @@ StackOpt = Annotated[bool, typer.Option(
 
 
 def _report(r, as_json: bool) -> None:
-    if world()[0] != 0:
+    if api.world()[0] != 0:
         return          # under torchrun, rank 0 speaks for all
     if as_json:
         emit_json(r.__dict__)
@@ -58,13 +57,13 @@ def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8
     """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with byte_progress("dcp2st", quiet=as_json or dry_run or world()[0] != 0) as prog:
-            r = dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, scale_fmt=scale_fmt,
+        with byte_progress("dcp2st", quiet=as_json or dry_run or api.world()[0] != 0) as prog:
+            r = api.dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, scale_fmt=scale_fmt,
                           workers=workers, max_shard_size=max_shard_size, vocab_size=vocab_size,
                           config_from=config_from, tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
                           dry_run=dry_run, progress=prog)
     _report(r, as_json)
-    if world()[0] == 0:       # e.g. FP8 shapes off the 128 block grid; one line each, after the result
+    if api.world()[0] == 0:       # e.g. FP8 shapes off the 128 block grid; one line each, after the result
         for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
             err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
 
@@ -75,7 +74,7 @@ def st2dcp(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", padded
            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """HF checkpoint -> Megatron torch_dist DCP (loadable by torch.distributed.checkpoint.load)."""
     with byte_progress("st2dcp", quiet=as_json or dry_run) as prog:
-        r = hf_to_dcp(src, dst, max_shard_size=max_shard_size, padded_vocab_size=padded_vocab_size,
+        r = api.hf_to_dcp(src, dst, max_shard_size=max_shard_size, padded_vocab_size=padded_vocab_size,
                       stack_layers=stack_layers, allow_unmapped=allow_unmapped, force=force, resume=resume,
                       dry_run=dry_run, progress=prog)
     _report(r, as_json)

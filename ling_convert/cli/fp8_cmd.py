@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..api import FP8LoadWarning, dequantize_checkpoint, quantize_checkpoint
 from . import app
-from .common import (DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
+from .common import (api, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt,
                      byte_progress, err, human_bytes, out, emit_json, workers_line)
 
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Quantisation scheme (fp8-block).")]
@@ -25,10 +24,10 @@ DtypeOpt = Annotated[Optional[str], typer.Option(
 def _run(fn, src, dst, label: str, *, as_json: bool, dry_run: bool, **kw):
     """Call the API once; show shape warnings (the quantize edge raises them) after the result."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FP8LoadWarning)
+        warnings.simplefilter("always", api.FP8LoadWarning)
         with byte_progress(label, quiet=as_json or dry_run) as prog:
             r = fn(src, dst, dry_run=dry_run, progress=prog, **kw)
-    notes = [str(w.message) for w in caught if issubclass(w.category, FP8LoadWarning)]
+    notes = [str(w.message) for w in caught if issubclass(w.category, api.FP8LoadWarning)]
     if as_json:
         emit_json({**r.__dict__, "warnings": notes})
         return
@@ -46,7 +45,7 @@ def quantize(src: SrcArg, dst: OutArg, scheme: SchemeOpt = "fp8-block", block_si
              max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False, resume: ResumeOpt = False,
              dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """bf16 checkpoint -> block-FP8 safetensors (e4m3 + weight_scale_inv) that vLLM/SGLang load as `fp8`."""
-    _run(quantize_checkpoint, src, dst, "quantize", scheme=scheme, block_size=block_size, scale_fmt=scale_fmt,
+    _run(api.quantize_checkpoint, src, dst, "quantize", scheme=scheme, block_size=block_size, scale_fmt=scale_fmt,
          tp=tp, workers=workers, max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run,
          as_json=as_json)
 
@@ -56,5 +55,5 @@ def dequantize(src: SrcArg, dst: OutArg, dtype: DtypeOpt = None, workers: Worker
                max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False, resume: ResumeOpt = False,
                dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Block-FP8 checkpoint -> bf16 safetensors; removes quantization_config and every scale."""
-    _run(dequantize_checkpoint, src, dst, "dequantize", dtype=dtype, workers=workers,
+    _run(api.dequantize_checkpoint, src, dst, "dequantize", dtype=dtype, workers=workers,
          max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run, as_json=as_json)

@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..api import from_gguf_file, to_gguf_file
 from . import app
-from .common import (ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
+from .common import (api, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
                      emit_json, human_bytes, out, workers_line)
 
 OuttypeOpt = Annotated[str, typer.Option(
@@ -47,7 +46,7 @@ def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_si
             as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Ling checkpoint (any format, or a GGUF to re-quantise) -> llama.cpp GGUF (bailingmoe / bailingmoe2)."""
     with byte_progress("to-gguf", quiet=as_json) as prog:
-        r = to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
+        r = api.to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
                          tokenizer_dir=tokenizer_dir, from_format=from_format, llama_defaults=llama_defaults,
                          force=force, resume=resume, progress=prog, workers=workers)
     _render(r, as_json)
@@ -59,6 +58,6 @@ def from_gguf(src: GgufSrcArg, dst: OutArg, dtype: DtypeOpt = "keep", tokenizer_
               force: ForceOpt = False, resume: ResumeOpt = False, as_json: JsonOpt = False):
     """llama.cpp GGUF -> HF safetensors: dequantised, experts unstacked, Q/K un-permuted."""
     with byte_progress("from-gguf", quiet=as_json) as prog:
-        r = from_gguf_file(src, dst, dtype=dtype, tokenizer_dir=tokenizer_dir, llama_defaults=llama_defaults,
+        r = api.from_gguf_file(src, dst, dtype=dtype, tokenizer_dir=tokenizer_dir, llama_defaults=llama_defaults,
                            max_shard_size=max_shard_size, force=force, resume=resume, progress=prog)
     _render(r, as_json)

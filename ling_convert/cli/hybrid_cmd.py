@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import api
 from . import app
-from .common import DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan
+from .common import DryRunOpt, api, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan
 
 LinearLayersOpt = Annotated[Optional[str], typer.Option(
     "--linear-layers", help="Comma list of layers to make linear, e.g. 0,1,2; must be a layer_group_size pattern.")]

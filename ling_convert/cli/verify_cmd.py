@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from ..core.errors import BadInputError
 from . import app
@@ -68,6 +67,7 @@ def verify(a: Annotated[Path, typer.Argument(help="Checkpoint A (any format).")]
 
 
 def _render(rep) -> None:
+    from rich.table import Table
     if rep.b is None:
         t = Table("field", "value", title=f"reference summary of {rep.a}")
         for k, v in rep.summary.items():
