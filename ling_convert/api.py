@@ -21,6 +21,7 @@ from .converters.config_ops import yarn as config_yarn
 from .converters.gguf import OUT_DTYPES
 from .core.errors import BadInputError, RouteNotFoundError, UnsupportedError
 from .core.output import parse_size
+from .core.pool import check_workers
 from .formats import all_formats, detect_format, open_source
 from .formats.dcp.writer import plan_files, plan_items
 from .formats.gguf.meta import refuse_if_unsupported
@@ -71,8 +72,7 @@ def dcp_to_hf(src, out, *, force_bf16: bool = False, force_fp8: bool = False, sc
         raise BadInputError("--force-bf16 and --force-fp8 exclude each other", fix="pass one of them")
     if scale_fmt and not force_fp8:
         raise BadInputError("--scale-fmt applies to FP8 output only", fix="add --force-fp8, or drop --scale-fmt")
-    if workers is not None and workers < 1:
-        raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
+    check_workers(workers)
     to = "fp8" if force_fp8 else "safetensors"
     # FP8 output keeps unquantised tensors in bf16 (norms, router, embeddings), expert_bias in fp32.
     options = {"force_bf16": force_bf16 or force_fp8, "vocab_size": vocab_size, "allow_unmapped": allow_unmapped,
@@ -141,15 +141,22 @@ def dequantize_checkpoint(src, out, *, dtype: str | None = None, workers: int | 
 def to_gguf_file(src: str | Path, out: str | Path, *, outtype: str = "auto", split_max_size: str | int | None = None,
                  no_mtp: bool = False, tokenizer_dir: str | Path | None = None, force: bool = False,
                  from_format: str | None = None, llama_defaults: bool = False, resume: bool = False,
-                 progress: Callable[[int], None] | None = None, workers: int | None = None):
-    """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised."""
+                 progress: Callable[[int], None] | None = None, workers: int | None = None, dry_run: bool = False):
+    """Any supported checkpoint -> one GGUF file (or split files) for llama.cpp; a GGUF is re-quantised.
+    `dry_run` plans the route and the tensors and reads no tensor data."""
     # NOTE: refuse llama.cpp-less architectures before anything else reads the checkpoint.
     if Path(src).exists():
         refuse_if_unsupported(open_source(src, from_format).config, src)
     opts = {"outtype": outtype, "split_max_size": split_max_size, "no_mtp": no_mtp, "llama_defaults": llama_defaults,
             "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if dry_run:
+        lazy, route = prepare(src, "gguf", from_format=from_format, options=opts)
+        plan = [{"file": Path(out).name, "tensors": len(lazy.infos), "bytes": lazy.total_bytes}]
+        return ConvertResult(None, [e.name for e in route], lazy.source_format, "gguf", len(lazy.infos),
+                             lazy.total_bytes, shards=plan, dry_run=True)
     return convert(src, out, to="gguf", from_format=from_format, force=force, resume=resume, progress=progress,
-                   options={k: v for k, v in opts.items() if v is not None}, workers=workers)
+                   options=opts, workers=workers)
 
 
 def from_gguf_file(src: str | Path, out: str | Path, *, dtype: str = "keep", tokenizer_dir: str | Path | None = None,

@@ -10,7 +10,7 @@ import typer
 
 from ..core.errors import ConfigSchemaError
 from . import app
-from .common import ConfigFromOpt, api, ForceOpt, JsonOpt, emit_json
+from .common import ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, api, emit_json
 
 config_app = typer.Typer(name="config", no_args_is_help=True,
                          help="Show, compare and validate model configs (HF dirs, MindIE dirs, config.json, GGUF).")
@@ -48,16 +48,20 @@ def _print_changes(changes: dict[str, list[dict]]) -> None:
 
 @app.command()
 def yarn(path: PathArg, factor: FactorOpt = None, original: OrigOpt = None, out_path: YarnOutOpt = None,
-         in_place: InPlaceOpt = False, remove: RemoveOpt = False, force: ForceOpt = False, as_json: JsonOpt = False):
+         in_place: InPlaceOpt = False, remove: RemoveOpt = False, force: ForceOpt = False, dry_run: DryRunOpt = False,
+         as_json: JsonOpt = False):
     """Set YaRN RoPE scaling (factor, original context; both `type` and `rope_type`) and
     max_position_embeddings = factor x original; idempotent; --remove restores the original."""
     r = api.config_yarn(path, factor=factor, original=original, remove=remove, out=out_path, in_place=in_place,
-                        force=force)
+                        force=force, dry_run=dry_run)
     if as_json:
         emit_json(r)
         return
     _print_changes(r["changes"])
-    typer.echo(f"wrote {r['output']}" if r["changed"] or not in_place else f"nothing to do: {r['output']}")
+    if dry_run:
+        typer.echo("dry run: nothing written")
+    else:
+        typer.echo(f"wrote {r['output']}" if r["changed"] or not in_place else f"nothing to do: {r['output']}")
 
 
 @config_app.command("show")
@@ -79,11 +83,13 @@ def diff(a: PathArg, b: PathArg, normalized: NormOpt = False, as_json: JsonOpt =
     rows = api.config_diff(a, b, normalized=normalized)
     if as_json:
         emit_json(rows)
-        return
-    if not rows:
-        typer.echo("no differences")
-    for r in rows:
-        typer.echo(f"{r['change']:8} {_row(r)}")
+    else:
+        for r in rows:
+            typer.echo(f"{r['change']:8} {_row(r)}")
+        if not rows:
+            typer.echo("no differences")
+    if rows:            # like diff(1): 0 same, 1 different, 2 trouble
+        raise typer.Exit(1)
 
 
 @config_app.command("validate")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (api, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
+from .common import (api, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
                      emit_json, human_bytes, out, workers_line)
 
 OuttypeOpt = Annotated[str, typer.Option(
@@ -35,20 +35,21 @@ def _render(r, as_json: bool) -> None:
         return
     out.print(f"route: {' -> '.join([r.source_format, *r.route])} => {r.target_format}")
     out.print(f"{r.tensors} tensors, {human_bytes(r.bytes)}")
-    out.print(workers_line(r))
-    out.print(f"wrote {r.output}")
+    if not r.dry_run:
+        out.print(workers_line(r))
+    out.print("dry run: no tensor data read, nothing written" if r.dry_run else f"wrote {r.output}")
 
 
 @app.command("to-gguf")
 def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_size: SplitOpt = None,
             no_mtp: NoMtpOpt = False, tokenizer_dir: TokDirOpt = None, from_format: FromOpt = None,
             llama_defaults: LlamaDefaultsOpt = False, force: ForceOpt = False, resume: ResumeOpt = False,
-            as_json: JsonOpt = False, workers: WorkersOpt = None):
+            dry_run: DryRunOpt = False, as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Ling checkpoint (any format, or a GGUF to re-quantise) -> llama.cpp GGUF (bailingmoe / bailingmoe2)."""
-    with byte_progress("to-gguf", quiet=as_json) as prog:
+    with byte_progress("to-gguf", quiet=as_json or dry_run) as prog:
         r = api.to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
                          tokenizer_dir=tokenizer_dir, from_format=from_format, llama_defaults=llama_defaults,
-                         force=force, resume=resume, progress=prog, workers=workers)
+                         force=force, resume=resume, progress=prog, workers=workers, dry_run=dry_run)
     _render(r, as_json)
 
 

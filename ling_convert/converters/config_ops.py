@@ -107,22 +107,29 @@ def _check_mode(path: Path, out, in_place: bool) -> Path | None:
 
 
 def yarn(path: str | Path, *, factor: Any = None, original: Any = None, remove: bool = False,
-         out: str | Path | None = None, in_place: bool = False, force: bool = False) -> dict:
-    """Set (or with `remove`, undo) YaRN scaling in every config PATH holds; see `apply_yarn`.
+         out: str | Path | None = None, in_place: bool = False, force: bool = False, dry_run: bool = False) -> dict:
+    """Set (or with `remove`, undo) YaRN scaling in every config PATH holds; see `apply_yarn`. In a
+    MindIE dir the service config's sequence lengths follow max_position_embeddings.
 
-    Returns {"kind", "path", "output", "changes": {file: diff rows}, "changed"}.
+    Returns {"kind", "path", "output", "changes": {file: diff rows}, "changed", "dry_run"}.
     """
     path = Path(path)
     transform, op = _transform(factor, original, remove)  # argument errors before any I/O
-    out = _check_mode(path, out, in_place)
+    out = None if dry_run and out is None and not in_place else _check_mode(path, out, in_place)
     target = open_target(path)
     if target.kind == "gguf":
-        return config_gguf.rewrite_gguf(path, transform, out=out, in_place=in_place, force=force, manifest=op)
+        return {**config_gguf.rewrite_gguf(path, transform, out=out, in_place=in_place, force=force, manifest=op,
+                                           dry_run=dry_run), "dry_run": dry_run}
     # Every file's rewrite is computed (and may fail) before any file is written.
     new = {name: config_gguf.located(target.root / name, transform, cfg) for name, cfg in target.configs.items()}
-    changes = {name: diff(target.configs[name], new[name]) for name in new}
+    old = dict(target.configs)
+    for name, (before, after) in _mindie_service(target, new).items():
+        old[name], new[name] = before, after
+    changes = {name: diff(old[name], new[name]) for name in new}
     result = {"kind": target.kind, "path": str(path), "output": str(out or path), "changes": changes,
-              "changed": any(changes.values())}
+              "changed": any(changes.values()), "dry_run": dry_run}
+    if dry_run:
+        return result
     if in_place:
         _write_in_place(target, new, changes, op)
     elif target.kind == "json":
@@ -130,6 +137,37 @@ def yarn(path: str | Path, *, factor: Any = None, original: Any = None, remove: 
     else:
         _write_copy(target, new, out, force, {**op, "config_changes": changes})
     return result
+
+
+def _mindie_service(target: Target, new: dict) -> dict[str, tuple[dict, dict]]:
+    """{service config name: (old, new)}: its maxSeqLen and maxInputTokenLen scale with the model's
+    max_position_embeddings (capped by it), so `yarn --remove` restores them exactly."""
+    from ..core import schemas
+    from ..formats.mindie import layout
+    rel = layout()["service_config"]
+    if target.kind != "mindie" or not (target.root / rel).is_file():
+        return {}
+    a, b = (c.get(CONFIG, {}).get("max_position_embeddings") for c in (target.configs, new))
+    if not (isinstance(a, int) and isinstance(b, int) and a > 0 and a != b):
+        return {}
+    svc = _load_json(target.root / rel)
+    out = json.loads(json.dumps(svc))
+    bind = schemas.load("mindie/service_config_template.json")["bindings"]
+    seq = _dotted(out, bind["max_seq_len"], lambda v: min(round(v * b / a), b))
+    inp = _dotted(out, bind["max_input_token_len"], lambda v: min(round(v * b / a), seq))
+    # The scheduler must admit a whole prompt, as deploy.service_config sets it.
+    _dotted(out, "BackendConfig.ScheduleConfig.maxPrefillTokens", lambda v: max(v, inp))
+    return {rel: (svc, out)}
+
+
+def _dotted(tree: dict, dotted: str, fn: Callable[[Any], Any]):
+    """Replace the value at `a.b.0.c` with fn(value); returns the new value."""
+    *head, last = dotted.split(".")
+    for part in head:
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    key = int(last) if isinstance(tree, list) else last
+    tree[key] = fn(tree[key])
+    return tree[key]
 
 
 def _json_bytes(cfg: dict, like: Path) -> bytes:

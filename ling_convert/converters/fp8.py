@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import BadInputError, ScaleMissingError, UnsupportedError
-from ..core.pool import Job, Prefetch, default_workers
+from ..core.pool import Job, Prefetch, check_workers, default_workers
 from ..core.source import Source, TensorInfo, ordered
 from ..model.arch import detect_architecture, head_dim
 from ..model.config import config_int
@@ -61,9 +61,9 @@ def _dequantize_job(q, s, *, scheme: str, block, dtype, name: str):
 
 
 def _workers(opts: dict, nbytes: int) -> int:
-    n = opts.get("workers")
-    if n:
-        return max(1, int(n))
+    n = check_workers(opts.get("workers"))
+    if n is not None:
+        return n
     return default_workers() if nbytes >= AUTO_PARALLEL_BYTES else 1
 
 
@@ -98,7 +98,9 @@ def _check_quantizable(src: Source, name: str, info: TensorInfo) -> None:
 def quantize_edge(src: Source, opts: dict) -> Source:
     """bf16 safetensors -> block FP8 (e4m3 + float32 weight_scale_inv) per schemas/precision/."""
     scheme = get_scheme(opts.get("scheme") or "fp8-block")
-    block, scale_fmt = as_block(opts.get("block_size") or scheme.default_block), scale_format(opts)
+    # NOTE: 0 is not "default": as_block refuses it, as every command does (tests/test_small_things.py).
+    block = as_block(scheme.default_block if opts.get("block_size") is None else opts["block_size"])
+    scale_fmt = scale_format(opts)
     _refuse_quantized(src, scheme.scale_suffix)
     policy = load_policy(detect_architecture(src.config, src.path).name)
     infos, thunks, jobs, kept, unlisted, pow2_count = {}, {}, {}, [], [], 0
@@ -207,7 +209,7 @@ def dequantize_edge(src: Source, opts: dict) -> Source:
     if qc is not None and not scheme.owns(qc):
         raise UnsupportedError(f"quant_method {qc.get('quant_method')!r} is not block FP8", path=src.path,
                                fix="only DeepSeek-style `fp8` checkpoints with weight_scale_inv are supported")
-    block = as_block(opts["block_size"]) if opts.get("block_size") else scheme.block_of(qc)
+    block = as_block(opts["block_size"]) if opts.get("block_size") is not None else scheme.block_of(qc)
     dtype = _out_dtype(opts, cfg)
     pairs = _pairs(src, scheme, block)
     scales = set(pairs.values())

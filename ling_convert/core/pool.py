@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from .errors import LingConvertError
+from .errors import BadInputError, LingConvertError
 from .fastio import pwrite_all
 from .handover import SPILL_PREFIX, _Packed, _portable, _spill_dir, _Spilled, _unlink  # noqa: F401
 from .heap import reuse_heap
@@ -105,6 +105,15 @@ def _init_worker() -> None:
     reuse_heap()
     # Ctrl-C is the parent's to handle (it keeps finished shards for --resume and stops the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def check_workers(n: int | None) -> int | None:
+    """`--workers` as every command takes it: None for the default, else at least 1 (0 is refused
+    everywhere, never read as "default")."""
+    if n is not None and int(n) < 1:
+        raise BadInputError(f"--workers {n} must be at least 1",
+                            fix="omit --workers for the default, or pass 1 or more")
+    return None if n is None else int(n)
 
 
 def default_workers() -> int:

@@ -13,6 +13,7 @@ from typing import Callable
 from ..converters import apply_route, check_options, option_names, plan_route
 from ..core.errors import BadInputError, ConfigSchemaError, UnknownTensorError, UnsupportedError
 from ..core.fill import auto_workers
+from ..core.pool import check_workers
 from ..core.output import parse_size
 from ..core.source import Source
 from ..formats import aux_files, detect_format, get_format, open_source, read_config
@@ -116,9 +117,7 @@ def resolve_workers(workers: int | None, lazy: Source) -> tuple[int, str]:
     """--workers N as given, else `core.fill.auto_workers` from the output's tensor sizes. -> (n, why)."""
     if workers is None:
         return auto_workers(i.nbytes for i in lazy.infos.values())
-    if int(workers) < 1:
-        raise BadInputError(f"--workers {workers} must be at least 1", fix="pass --workers 1 or more")
-    return int(workers), "--workers"
+    return check_workers(workers), "--workers"
 
 
 def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_size: str | int = DEFAULT_SHARD,

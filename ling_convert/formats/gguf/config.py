@@ -247,8 +247,9 @@ def _embedded_config(kv: dict, transform: Callable[[dict], dict], path: Path) ->
 
 
 def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | None, in_place: bool,
-                 force: bool = False, manifest: dict | None = None) -> dict:
-    """Apply `transform` to the RoPE view of a GGUF file and write the result to `out` (or in place)."""
+                 force: bool = False, manifest: dict | None = None, dry_run: bool = False) -> dict:
+    """Apply `transform` to the RoPE view of a GGUF file and write the result to `out` (or in place);
+    `dry_run` returns the changes and writes nothing."""
     reader = open_reader(path)
     kv = fields(reader)
     arch = architecture(kv, path)
@@ -256,7 +257,7 @@ def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | N
         raise BadInputError(f"metadata lacks {CTX.format(arch=arch)!r}; cannot size the YaRN context", path=path,
                             fix="pass the first shard of a split GGUF, or re-export with context_length")
     split = kv.get("split.count", (1,))[0]
-    if split and int(split) > 1 and not in_place:
+    if split and int(split) > 1 and not in_place and not dry_run:
         raise UnsupportedError(f"split GGUF ({split} files): only the first shard holds metadata", path=path,
                                fix="use --in-place on a copy of the shard set")
     view = rope_view(kv, arch)
@@ -268,7 +269,7 @@ def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | N
     target = in_place_target(path, path.parent) if in_place else Path(out)
     result = {"kind": "gguf", "path": str(path), "output": str(target), "changes": {path.name: changes},
               "changed": bool(changes)}
-    if in_place and not changes:
+    if dry_run or (in_place and not changes):
         return result
     sets, drops = _key_updates(new_view, arch)
     if embedded:

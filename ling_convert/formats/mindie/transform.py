@@ -33,10 +33,41 @@ def to_mindie(src: Source, opts: dict) -> Source:
     if fold and not hf.get("norm_head", False):
         out, hf = fold_norm_head(src), {**hf, "norm_head": True}
     cfg, applied = to_mindie_config(hf)
+    cfg, applied = _special_ids(cfg, out.aux, applied)
     aux = {k: v for k, v in out.aux.items() if k not in MINDIE_OWNED}
     notes = {**out.notes, "mindie": {"config_rewrites": applied,
                                      **({"folded_norm_head": True} if fold and out is not src else {})}}
     return out.derive(config=cfg, aux=aux, notes=notes, hf_config=hf)
+
+
+def _special_ids(cfg: dict, aux: dict, applied: list[str]) -> tuple[dict, list[str]]:
+    """eos/pad ids the source config lacks, from the tokenizer files or generation_config.json: MindIE
+    falls back to 100001, a wrong token for every Ling vocabulary (shared/docs/ling-repos.md 2.3)."""
+    from pathlib import Path
+    from ..dcp.megatron_config import tokenizer_ids
+    missing = [k for k in ("eos_token_id", "pad_token_id") if cfg.get(k) is None]
+    if not missing:
+        return cfg, applied
+    found = tokenizer_ids(Path(aux["tokenizer.json"]).parent) if "tokenizer.json" in aux else {}
+    gen = _read_json(aux["generation_config.json"]) if "generation_config.json" in aux else {}
+    cfg, applied = dict(cfg), list(applied)
+    for key in missing:
+        value, origin = found.get(key), "tokenizer_config.json"
+        if value is None:
+            value, origin = gen.get(key, gen.get("eos_token_id")), "generation_config.json"
+        value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, int):
+            cfg[key] = value
+            applied.append(f"set {key}={value} from {origin} (absent from config.json)")
+    return cfg, applied
+
+
+def _read_json(path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def from_mindie(src: Source, opts: dict) -> Source:
