@@ -351,7 +351,7 @@ def test_config_diff_lists_changed_fields(tiny, tmp_path, cli):
     b = tmp_path / "b"
     cli("yarn", a, "--factor", "4", "--out", b)
     code, o, _ = cli("config", "diff", a, b)
-    assert code == 0
+    assert code == 1           # like diff(1): the configs differ
     assert "changed  max_position_embeddings: 512 -> 2048" in o
     assert "changed  rope_scaling: null -> {" in o
     code, o, _ = cli("config", "diff", a, b, "--json")
