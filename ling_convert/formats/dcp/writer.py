@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
-                                                   TensorProperties, TensorStorageMetadata)
 
 from ...core.errors import BadInputError, VerificationError
 from ...core.source import Source, TensorInfo, ordered
@@ -133,6 +130,10 @@ def write_file(path: Path, items: list[Item], progress=None) -> tuple[str, list[
 
 def build_metadata(src: Source, placed: list[tuple[str, Item, int, int]]) -> Metadata:
     """torch's own Metadata record for what was written (flat Megatron state dict)."""
+    # NOTE: imported here: torch.distributed.checkpoint costs seconds of start-up that only st2dcp needs.
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
     chunks: dict[str, list] = {n: [] for n in ordered(src.infos)}
     storage = {}
     for fname, it, off, length in placed:
