@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..converters import apply_route, check_options, option_names, plan_route
-from ..core.errors import BadInputError, ConfigSchemaError, UnknownTensorError, UnsupportedError
+from ..core.errors import ConfigSchemaError, UnknownTensorError, UnsupportedError
 from ..core.fill import auto_workers
 from ..core.pool import check_workers
 from ..core.output import parse_size
