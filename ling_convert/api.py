@@ -31,7 +31,6 @@ from .formats.mindie import validate_mindie_dir
 from .formats.writer import DEFAULT_SHARD
 from .hub import quiet_clients
 from .hub.sync import pull, push
-from .model.config import ModelConfig
 from .pipeline import HF_NAMED, ConvertResult, check_complete, convert, execute, open_checkpoint, prepare, with_config_from
 from .pipeline.demo import run_demo
 from .pipeline.parallel import HF_TARGETS, convert_parallel, world

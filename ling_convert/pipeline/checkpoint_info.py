@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import LingConvertError
 from ..core.source import ordered
 from ..model import arch as arch_mod
+from ..model.config import ModelConfig
 from . import HF_NAMED, open_checkpoint, prepare
 
 
@@ -49,17 +50,18 @@ def inspect_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
         info["architecture"] = None
         info["architecture_error"] = str(e)
         return info
-    kinds = a.layer_kinds(cfg)
+    mc = ModelConfig.of(cfg)
+    kinds = mc.layer_kinds
     info.update({
         "architecture": cfg["architectures"][0], "arch_family": a.name,
-        "layers": int(cfg["num_hidden_layers"]),
+        "layers": mc.num_hidden_layers,
         "dense_layers": sum(1 for k in kinds.values() if k == "dense"),
         "moe_layers": sum(1 for k in kinds.values() if k == "moe"),
         "mtp_layers": sum(1 for k in kinds.values() if k == "mtp"),
-        "experts": int(cfg.get("num_experts") or 0), "experts_per_token": int(cfg.get("num_experts_per_tok") or 0),
-        "shared_experts": int(cfg.get("num_shared_experts") or 0),
-        "hidden_size": int(cfg["hidden_size"]), "head_dim": arch_mod.head_dim(cfg),
-        "vocab_size": int(cfg["vocab_size"]),
+        "experts": mc.num_experts, "experts_per_token": mc.experts_per_token,
+        "shared_experts": mc.shared_experts,
+        "hidden_size": mc.hidden_size, "head_dim": mc.head_dim,
+        "vocab_size": mc.vocab_size,
     })
     try:
         info["parameters"] = arch_mod.param_counts(a, cfg, _hf_view(src, Path(path), fmt).infos)
