@@ -27,16 +27,33 @@ def _run_demo(cli, *extra):
     return out, err
 
 
+def _cells(lines: list[str]) -> list[dict[str, str]]:
+    """The table's rows as {header: cell text}, wrapped cells joined again (columns from the ─ rule)."""
+    rule = next(i for i, ln in enumerate(lines) if ln.startswith("─"))
+    spans = [m.span() for m in re.finditer(r"─+", lines[rule])]
+    spans[-1] = (spans[-1][0], 10_000)
+    heads = [lines[rule - 1][a:b].strip() for a, b in spans]
+    rows = []
+    for ln in lines[rule + 1:]:
+        parts = [ln[a:b].strip() for a, b in spans]
+        if parts[0]:
+            rows.append({h: [] for h in heads})
+        for h, p in zip(heads, parts):
+            if p:
+                rows[-1][h].append(p)
+    return [{h: " ".join(v) for h, v in r.items()} for r in rows]
+
+
 def test_demo_progress_table_and_temp_dir(cli):
     out, err = _run_demo(cli)
     progress = [ln for ln in err.splitlines() if ln.startswith("ling-lite ")]
     assert len(progress) >= 11 and all(re.search(r"\d+\.\d\d s  (PASS|FAIL|n/a)", ln) for ln in progress)
     lines = out.splitlines()
     assert max(map(len, lines[:-1])) <= 100      # the table; the last line names the directory
-    quant = next(ln for ln in lines if " quantize " in ln)
-    assert re.search(r"PASS cos [\d.]+ top1 \d+%\s+cos≥0\.94 top1≥60%", quant), quant
-    gguf = next(ln for ln in lines if " to-gguf " in ln)
-    assert "max≤" in gguf, gguf
+    rows = {r["edge"]: r for r in _cells(lines[1:-1])}
+    assert re.fullmatch(r"PASS cos [\d.]+ top1 \d+%", rows["quantize"]["result"]), rows["quantize"]
+    assert rows["quantize"]["tolerance"] == "cos≥0.94 top1≥60%"
+    assert rows["to-gguf"]["tolerance"].startswith("max≤") and rows["bin2st"]["tolerance"] == "bit-exact"
     where = re.search(r"outputs were written to (\S+), now removed", lines[-1])
     assert where and not Path(where.group(1)).exists(), lines[-1]
 
