@@ -12,6 +12,7 @@ from ..core.errors import LingConvertError
 from ..core.source import ordered
 from ..model import arch as arch_mod
 from ..model.config import ModelConfig
+from ..model.counts import check_counts
 from . import HF_NAMED, open_checkpoint, prepare
 
 

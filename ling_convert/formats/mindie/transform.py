@@ -64,9 +64,9 @@ def _special_ids(cfg: dict, aux: dict, applied: list[str]) -> tuple[dict, list[s
 
 def _read_json(path) -> dict:
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
+        obj = bounded.load_json(path, path.name)
+    except (OSError, ValueError, BadInputError):
+        return {}     # an unreadable generation_config.json only loses this fallback
     return obj if isinstance(obj, dict) else {}
 
 
