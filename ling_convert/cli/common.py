@@ -21,8 +21,11 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print route and shar
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="Processes filling each output file (default: cores available, capped by memory). "
                       "Output bytes do not depend on it.")]
+# Options of more than one command (each command passes them to the API inside its options object).
 ConfigFromOpt = Annotated[Optional[Path], typer.Option(
     "--config-from", help="HF model dir whose config.json (and tokenizer files) to use, e.g. for a Megatron DCP.")]
+TokDirOpt = Annotated[Optional[Path], typer.Option(
+    "--tokenizer-dir", help="Dir whose tokenizer files are used (default: the source's); also gives eos/pad ids.")]
 
 class _LazyModule:
     """`api.convert(...)` imports the module on first use, so `--help`, `--version` and usage errors

@@ -50,7 +50,7 @@ def convert(src: SrcArg, dst: OutArg,
     """Convert SRC to format --to; the route planner finds the chain of converters."""
     _run_convert(src, dst, to, from_format=from_format, max_shard_size=max_shard_size, force=force,
                  resume=resume, dry_run=dry_run, as_json=as_json, workers=workers,
-                 options={"config_from": str(config_from)} if config_from else None)
+                 options=api.CommonOptions(config_from=config_from))
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (api, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg,
+from .common import (api, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, TokDirOpt,
                      WorkersOpt, byte_progress, emit_json, err, human_bytes, out, workers_line)
 
 Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
@@ -20,8 +20,6 @@ ScaleFmtOpt = Annotated[Optional[str], typer.Option(
                         "them, byte-identical to its output; float: exact amax/448; ue8m0: all powers of two.")]
 VocabOpt = Annotated[Optional[int], typer.Option(
     "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
-TokDirOpt = Annotated[Optional[Path], typer.Option(
-    "--tokenizer-dir", help="Dir whose tokenizer files are copied; also gives eos/pad ids.")]
 UnmappedOpt = Annotated[bool, typer.Option(
     "--allow-unmapped", help="Skip keys no mapping rule covers (listed in the manifest) instead of failing.")]
 PadOpt = Annotated[Optional[int], typer.Option(
@@ -57,10 +55,11 @@ def dcp2st(src: SrcArg, dst: OutArg, force_bf16: Bf16Opt = False, force_fp8: Fp8
     """Megatron torch_dist (DCP) checkpoint -> HF safetensors, streamed; works under torchrun (gloo)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        opts = api.Dcp2stOptions(force_bf16=force_bf16, force_fp8=force_fp8, scale_fmt=scale_fmt, workers=workers,
+                                 vocab_size=vocab_size, config_from=config_from, tokenizer_dir=tokenizer_dir,
+                                 allow_unmapped=allow_unmapped)
         with byte_progress("dcp2st", quiet=as_json or dry_run or api.world()[0] != 0) as prog:
-            r = api.dcp_to_hf(src, dst, force_bf16=force_bf16, force_fp8=force_fp8, scale_fmt=scale_fmt,
-                          workers=workers, max_shard_size=max_shard_size, vocab_size=vocab_size,
-                          config_from=config_from, tokenizer_dir=tokenizer_dir, allow_unmapped=allow_unmapped, force=force, resume=resume,
+            r = api.dcp_to_hf(src, dst, options=opts, max_shard_size=max_shard_size, force=force, resume=resume,
                           dry_run=dry_run, progress=prog)
     _report(r, as_json)
     if api.world()[0] == 0:       # e.g. FP8 shapes off the 128 block grid; one line each, after the result
@@ -74,7 +73,8 @@ def st2dcp(src: SrcArg, dst: OutArg, max_shard_size: MaxShardOpt = "5GB", padded
            resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """HF checkpoint -> Megatron torch_dist DCP (loadable by torch.distributed.checkpoint.load)."""
     with byte_progress("st2dcp", quiet=as_json or dry_run) as prog:
-        r = api.hf_to_dcp(src, dst, max_shard_size=max_shard_size, padded_vocab_size=padded_vocab_size,
-                      stack_layers=stack_layers, allow_unmapped=allow_unmapped, force=force, resume=resume,
-                      dry_run=dry_run, progress=prog)
+        opts = api.HfToDcpOptions(padded_vocab_size=padded_vocab_size, stack_layers=stack_layers,
+                                  allow_unmapped=allow_unmapped)
+        r = api.hf_to_dcp(src, dst, options=opts, max_shard_size=max_shard_size, force=force, resume=resume,
+                          dry_run=dry_run, progress=prog)
     _report(r, as_json)

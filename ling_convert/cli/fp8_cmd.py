@@ -45,9 +45,9 @@ def quantize(src: SrcArg, dst: OutArg, scheme: SchemeOpt = "fp8-block", block_si
              max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False, resume: ResumeOpt = False,
              dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """bf16 checkpoint -> block-FP8 safetensors (e4m3 + weight_scale_inv) that vLLM/SGLang load as `fp8`."""
-    _run(api.quantize_checkpoint, src, dst, "quantize", scheme=scheme, block_size=block_size, scale_fmt=scale_fmt,
-         tp=tp, workers=workers, max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run,
-         as_json=as_json)
+    opts = api.QuantizeOptions(scheme=scheme, block_size=block_size, scale_fmt=scale_fmt, tp=tp, workers=workers)
+    _run(api.quantize_checkpoint, src, dst, "quantize", options=opts, max_shard_size=max_shard_size, force=force,
+         resume=resume, dry_run=dry_run, as_json=as_json)
 
 
 @app.command()
@@ -55,5 +55,5 @@ def dequantize(src: SrcArg, dst: OutArg, dtype: DtypeOpt = None, workers: Worker
                max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False, resume: ResumeOpt = False,
                dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Block-FP8 checkpoint -> bf16 safetensors; removes quantization_config and every scale."""
-    _run(api.dequantize_checkpoint, src, dst, "dequantize", dtype=dtype, workers=workers,
+    _run(api.dequantize_checkpoint, src, dst, "dequantize", options=api.DequantizeOptions(dtype=dtype, workers=workers),
          max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run, as_json=as_json)

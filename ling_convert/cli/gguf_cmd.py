@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (api, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, byte_progress,
-                     emit_json, human_bytes, out, workers_line)
+from .common import (api, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, TokDirOpt,
+                     WorkersOpt, byte_progress, emit_json, human_bytes, out, workers_line)
 
 OuttypeOpt = Annotated[str, typer.Option(
     "--outtype", help="auto (the source dtype), f32, f16, bf16, q8_0 or q4_0. Norms, router and biases stay F32; "
@@ -19,8 +19,6 @@ SplitOpt = Annotated[Optional[str], typer.Option(
                              "llama.cpp loads the set from the first file.")]
 NoMtpOpt = Annotated[bool, typer.Option(
     "--no-mtp", help="Drop the MTP layers (block_count = num_hidden_layers, nextn_predict_layers = 0).")]
-TokDirOpt = Annotated[Optional[Path], typer.Option(
-    "--tokenizer-dir", help="Directory with tokenizer.json (default: the source checkpoint directory).")]
 GgufSrcArg = Annotated[Path, typer.Argument(help="GGUF file (for split files: any one of them).")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="keep (F32/F16/BF16 as stored, quantised types as f32), f32, bf16 or f16.")]
@@ -47,9 +45,10 @@ def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_si
             dry_run: DryRunOpt = False, as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Ling checkpoint (any format, or a GGUF to re-quantise) -> llama.cpp GGUF (bailingmoe / bailingmoe2)."""
     with byte_progress("to-gguf", quiet=as_json or dry_run) as prog:
-        r = api.to_gguf_file(src, dst, outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
-                         tokenizer_dir=tokenizer_dir, from_format=from_format, llama_defaults=llama_defaults,
-                         force=force, resume=resume, progress=prog, workers=workers, dry_run=dry_run)
+        opts = api.GgufOptions(outtype=outtype, split_max_size=split_max_size, no_mtp=no_mtp,
+                               llama_defaults=llama_defaults, tokenizer_dir=tokenizer_dir)
+        r = api.to_gguf_file(src, dst, options=opts, from_format=from_format, force=force, resume=resume,
+                             progress=prog, workers=workers, dry_run=dry_run)
     _render(r, as_json)
 
 
@@ -59,6 +58,7 @@ def from_gguf(src: GgufSrcArg, dst: OutArg, dtype: DtypeOpt = "keep", tokenizer_
               force: ForceOpt = False, resume: ResumeOpt = False, as_json: JsonOpt = False):
     """llama.cpp GGUF -> HF safetensors: dequantised, experts unstacked, Q/K un-permuted."""
     with byte_progress("from-gguf", quiet=as_json) as prog:
-        r = api.from_gguf_file(src, dst, dtype=dtype, tokenizer_dir=tokenizer_dir, llama_defaults=llama_defaults,
-                           max_shard_size=max_shard_size, force=force, resume=resume, progress=prog)
+        opts = api.FromGgufOptions(dtype=dtype, llama_defaults=llama_defaults, tokenizer_dir=tokenizer_dir)
+        r = api.from_gguf_file(src, dst, options=opts, max_shard_size=max_shard_size, force=force, resume=resume,
+                               progress=prog)
     _render(r, as_json)

@@ -29,9 +29,10 @@ def to_hybrid_linear(src: SrcArg, dst: OutArg, linear_layers: LinearLayersOpt = 
                      modeling_dir: ModelingOpt = None, max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False,
                      resume: ResumeOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Softmax Ling -> hybrid-linear: reuse weights, expand KV to MHA, seed the new gate (manifest says how)."""
-    r = api.to_hybrid_linear(src, dst, linear_layers=linear_layers, layer_group_size=layer_group_size,
-                                init=init, group_norm_size=group_norm_size, modeling_dir=modeling_dir,
-                                max_shard_size=max_shard_size, force=force, resume=resume, dry_run=dry_run)
+    opts = api.HybridOptions(linear_layers=linear_layers, layer_group_size=layer_group_size, init=init,
+                             group_norm_size=group_norm_size, modeling_dir=modeling_dir)
+    r = api.to_hybrid_linear(src, dst, options=opts, max_shard_size=max_shard_size, force=force, resume=resume,
+                             dry_run=dry_run)
     if as_json:
         emit_json(r.__dict__)
         return

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, err, out
+from .common import api, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, err, out
 from .core import _run_convert
 
 VariantArg = Annotated[str, typer.Argument(help="MindIE variant: lite (Ling-lite, 1 node) or plus (Ling-plus, multi-node).")]
@@ -35,11 +35,9 @@ def to_mindie(variant: VariantArg, src: SrcArg, dst: OutArg, base: BaseOpt = Fal
               force: ForceOpt = False, resume: ResumeOpt = False, dry_run: DryRunOpt = False,
               as_json: JsonOpt = False, workers: WorkersOpt = None):
     """Any Ling v1 checkpoint -> MindIE model dir + service config (+ rank table), in one step."""
-    options = {"variant": variant, "base": base, "world_size": world_size, "npu_ids": npu_ids,
-               "max_seq_len": max_seq_len, "port": port, "servers": servers, "device_ips": device_ips,
-               "rank_table": str(rank_table) if rank_table else None, "target_dir": target_dir,
-               "fold_norm_head": fold_norm_head}
-    options = {k: v for k, v in options.items() if v not in (None, False)}
+    options = api.MindieOptions(variant=variant, base=base, world_size=world_size, npu_ids=npu_ids,
+                            max_seq_len=max_seq_len, port=port, servers=servers, device_ips=device_ips,
+                            rank_table=rank_table, target_dir=target_dir, fold_norm_head=fold_norm_head)
     r = _run_convert(src, dst, "mindie", from_format=from_format, max_shard_size=max_shard_size, force=force,
                      resume=resume, dry_run=dry_run, as_json=as_json, options=options, workers=workers)
     if not dry_run and not as_json:

@@ -14,11 +14,12 @@ once, with no intermediate files. The target format's writer then streams it.
 from __future__ import annotations
 
 from collections import deque
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..core.errors import BadInputError, RouteNotFoundError
+from ..core.errors import RouteNotFoundError
+from ..core.options import build, compose
 from ..core.source import Source
 from ..core.plugins import load_modules
 
@@ -29,11 +30,17 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
+class CommonOptions:
+    """Options every route reads (the pipeline applies them before the first edge)."""
+    config_from: str | None = None
+
+
+@dataclass(frozen=True)
 class Edge:
     src: str
     dst: str
     name: str
-    transform: Callable[[Source, dict], Source] = field(compare=False)
+    transform: Callable[[Source, object], Source] = field(compare=False)   # (src, the route's options object)
     lossless: bool = False
     summary: str = ""
     demo_options: dict | None = field(default=None, compare=False)  # None: the demo skips this edge
@@ -95,24 +102,20 @@ def plan_route(src: str, dst: str) -> list[Edge]:
     return route[::-1]
 
 
-def apply_route(src: Source, route: list[Edge], opts: dict | None = None) -> Source:
+def apply_route(src: Source, route: list[Edge], opts=None) -> Source:
+    """Wrap `src` in each edge of `route`; `opts`: the route's options object (`route_options`) or a mapping."""
+    if opts is None or isinstance(opts, Mapping):
+        opts = route_options(route, None, opts)
     for e in route:
-        src = e.transform(src, opts or {})
+        src = e.transform(src, opts)
         src.route = [*src.route, e.name]
         src.format = e.dst
     return src
 
 
-def option_names(cls: type | None) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+def route_options(route: list[Edge], writer_options: type | None, given=None):
+    """One frozen object with every option the route's edges and the target's writer read.
 
-
-def check_options(route: list[Edge], writer_options: type | None, options: dict, *, common=("config_from",)) -> None:
-    """Refuse an option no edge of the route and not the target's writer declares (a misspelt key)."""
-    allowed = set(common) | option_names(writer_options)
-    for e in route:
-        allowed |= option_names(e.options)
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise BadInputError(f"unknown option {unknown[0]!r} for the route {' -> '.join(e.name for e in route) or '(none)'}",
-                            fix=f"options this route reads: {', '.join(sorted(allowed))}")
+    `given` (a mapping or an options object) may set only those: a misspelt key is an OptionError."""
+    cls = compose((CommonOptions, *(e.options for e in route), writer_options))
+    return build(cls, given, where=f"for the route {' -> '.join(e.name for e in route) or '(none)'}")

@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from . import converter
+from . import CommonOptions, converter
+from .fp8 import QuantizeOptions
 from ..model import ops
 from ..model.config import config_int
 from ..core.errors import BadInputError, UnknownTensorError
@@ -40,12 +41,15 @@ class DcpToHfOptions:
     allow_unmapped: bool = False
     tokenizer_dir: str | None = None
     op_overrides: dict | None = None
-    # dcp2st --force-fp8 runs the quantize edge next; its keys travel in the same options
-    scheme: str | None = None
-    block_size: int | None = None
-    scale_fmt: str | None = None
-    tp: int | None = None
-    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class Dcp2stOptions(DcpToHfOptions, QuantizeOptions, CommonOptions):
+    """`dcp2st` (`api.dcp_to_hf`): the dcp2st edge's options, the quantize edge's for `force_fp8`, and
+    the writer's `workers`."""
+    force_fp8: bool = False
+    scale_fmt: str | None = None     # with force_fp8; None: "ling" (Ling-V2's converter's scales)
+    workers: int | None = None       # processes filling each shard (None: auto); torchrun ranks split shards
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,11 @@ def _target_dtype(name: str, dtype: torch.dtype, force_bf16: bool, forced) -> to
     return torch.bfloat16 if force_bf16 and dtype.is_floating_point else dtype
 
 
-def _vocab(src: Source, rows: int, opts: dict, tok: dict) -> tuple[int, str]:
+def _vocab(src: Source, rows: int, opts: DcpToHfOptions, tok: dict) -> tuple[int, str]:
     """Real vocabulary size: --vocab-size, a given config, Megatron args, the tokenizer, or the rows."""
     reader, cfg = reader_of(src), src.config
-    if opts.get("vocab_size"):
-        return int(opts["vocab_size"]), "--vocab-size"
+    if opts.vocab_size:
+        return int(opts.vocab_size), "--vocab-size"
     if src.notes.get("config_from") or src.notes.get("config_origin") == "config.json":
         return config_int(cfg, "vocab_size"), "config.json"
     args = reader.args if reader else None
@@ -138,19 +142,19 @@ def _vocab(src: Source, rows: int, opts: dict, tok: dict) -> tuple[int, str]:
 
 
 @converter("dcp", "safetensors", lossless=True, name="dcp2st", demo_options={}, options=DcpToHfOptions)
-def dcp2st(src: Source, opts: dict) -> Source:
+def dcp2st(src: Source, opts: DcpToHfOptions) -> Source:
     """Megatron torch_dist DCP -> HF safetensors names (QKV per group, experts split, vocab trimmed)."""
     reader = reader_of(src)
     if reader is None:
         raise BadInputError("not opened by the DCP reader", path=src.path, fix="open it with --from dcp")
     cfg = dict(src.config)
-    km = KeyMap(cfg, ops=opts.get("op_overrides"))
+    km = KeyMap(cfg, ops=opts.op_overrides)
     used, unmapped, dropped = _classify(km, [*src.infos, *reader.others], set(src.infos))
-    if unmapped and not opts.get("allow_unmapped"):
+    if unmapped and not opts.allow_unmapped:
         raise UnknownTensorError(f"{len(unmapped)} key(s) match no rule: {', '.join(unmapped[:5])}"
                                  + (" ..." if len(unmapped) > 5 else ""), path=src.path, fix=_SCHEMA_FIX)
     reader.validate(used)
-    tokdir = Path(opts["tokenizer_dir"]) if opts.get("tokenizer_dir") else None
+    tokdir = Path(opts.tokenizer_dir) if opts.tokenizer_dir else None
     tok = tokenizer_ids(tokdir or src.path)
     rows = src.infos["embedding.word_embeddings.weight"].shape[0] \
         if "embedding.word_embeddings.weight" in src.infos else km.mc.vocab_size
@@ -159,7 +163,7 @@ def dcp2st(src: Source, opts: dict) -> Source:
         raise BadInputError(f"vocab size {vocab} ({how}) must be in 1..{rows} (the embedding's rows)",
                             path=src.path, tensor="embedding.word_embeddings.weight", fix="pass --vocab-size N")
     cfg["vocab_size"] = vocab
-    infos, thunks = _map_forward(src, km, used, vocab, bool(opts.get("force_bf16")))
+    infos, thunks = _map_forward(src, km, used, vocab, bool(opts.force_bf16))
     _check_complete(src, km, infos)
     for key in ("eos_token_id", "pad_token_id"):
         if cfg.get(key) is None and f"{key[:-3]}_id" in tok:
@@ -274,16 +278,16 @@ def _inverse_groups(src: Source, km: KeyMap, stack_layers: bool) -> tuple[dict[s
 
 
 @converter("safetensors", "dcp", lossless=True, name="st2dcp", demo_options={}, options=HfToDcpOptions)
-def st2dcp(src: Source, opts: dict) -> Source:
+def st2dcp(src: Source, opts: HfToDcpOptions) -> Source:
     """HF safetensors -> Megatron torch_dist names (the inverse of every dcp2st rule)."""
     cfg = dict(src.config)
-    km = KeyMap(cfg, ops=opts.get("op_overrides"))
-    groups, unmapped = _inverse_groups(src, km, bool(opts.get("stack_layers")))
-    if unmapped and not opts.get("allow_unmapped"):
+    km = KeyMap(cfg, ops=opts.op_overrides)
+    groups, unmapped = _inverse_groups(src, km, bool(opts.stack_layers))
+    if unmapped and not opts.allow_unmapped:
         raise UnknownTensorError(f"{len(unmapped)} tensor(s) match no rule: {', '.join(unmapped[:5])}",
                                  path=src.path, fix=_SCHEMA_FIX)
     vocab = km.mc.vocab_size
-    rows = int(opts.get("padded_vocab_size") or vocab)
+    rows = int(opts.padded_vocab_size or vocab)
     if rows < vocab:
         raise BadInputError(f"padded vocab {rows} is smaller than vocab_size {vocab}", path=src.path,
                             fix="pass --padded-vocab-size >= vocab_size")
@@ -291,7 +295,7 @@ def st2dcp(src: Source, opts: dict) -> Source:
     for key, g in groups.items():
         infos[key], thunks[key] = _inverse_one(src, km, key, g, rows)
     notes = {**src.notes, "vocab": {"vocab_size": vocab, "padded_rows": rows, "stack_layers":
-                                    bool(opts.get("stack_layers"))}, "unmapped_skipped": unmapped}
+                                    bool(opts.stack_layers)}, "unmapped_skipped": unmapped}
     return src.derive(infos=infos, thunks=thunks, config=cfg, notes=notes)
 
 

@@ -36,7 +36,7 @@ class QuantizeOptions:
 
 @dataclass(frozen=True)
 class DequantizeOptions:
-    dequant_dtype: str | None = None
+    dtype: str | None = None            # default: the config's torch_dtype, else bfloat16
     workers: int | None = None
 
 SCALE_FMTS = ("float", "ue8m0", "ling")   # exact / all powers of two / Ling's recipe (policy's ue8m0 list)
@@ -60,8 +60,8 @@ def _dequantize_job(q, s, *, scheme: str, block, dtype, name: str):
     return (get_scheme(scheme).dequantize(q, s, block, dtype=dtype, name=name),)
 
 
-def _workers(opts: dict, nbytes: int) -> int:
-    n = check_workers(opts.get("workers"))
+def _workers(opts, nbytes: int) -> int:
+    n = check_workers(opts.workers)
     if n is not None:
         return n
     return default_workers() if nbytes >= AUTO_PARALLEL_BYTES else 1
@@ -69,8 +69,8 @@ def _workers(opts: dict, nbytes: int) -> int:
 
 # -- quantize ------------------------------------------------------------------------
 
-def scale_format(opts: dict) -> str:
-    fmt = opts.get("scale_fmt") or "float"
+def scale_format(fmt: str | None) -> str:
+    fmt = fmt or "float"
     if fmt not in SCALE_FMTS:
         raise BadInputError(f"unknown scale format {fmt!r}", fix=f"use one of: {', '.join(SCALE_FMTS)}")
     return fmt
@@ -95,12 +95,12 @@ def _check_quantizable(src: Source, name: str, info: TensorInfo) -> None:
 
 
 @converter("safetensors", "fp8", lossless=False, name="quantize", demo_options={}, options=QuantizeOptions)
-def quantize_edge(src: Source, opts: dict) -> Source:
+def quantize_edge(src: Source, opts: QuantizeOptions) -> Source:
     """bf16 safetensors -> block FP8 (e4m3 + float32 weight_scale_inv) per schemas/precision/."""
-    scheme = get_scheme(opts.get("scheme") or "fp8-block")
+    scheme = get_scheme(opts.scheme or "fp8-block")
     # NOTE: 0 is not "default": as_block refuses it, as every command does (tests/test_small_things.py).
-    block = as_block(scheme.default_block if opts.get("block_size") is None else opts["block_size"])
-    scale_fmt = scale_format(opts)
+    block = as_block(scheme.default_block if opts.block_size is None else opts.block_size)
+    scale_fmt = scale_format(opts.scale_fmt)
     _refuse_quantized(src, scheme.scale_suffix)
     policy = load_policy(detect_architecture(src.config, src.path).name)
     infos, thunks, jobs, kept, unlisted, pow2_count = {}, {}, {}, [], [], 0
@@ -124,7 +124,7 @@ def quantize_edge(src: Source, opts: dict) -> Source:
         thunks[name], thunks[scheme.scale_name(name)] = pre.thunk(name, 0), pre.thunk(name, 1)
     qc = scheme.config(block, kept, "ue8m0" if scale_fmt == "ue8m0" else None)
     cfg = {**(src.config or {}), "quantization_config": qc}
-    problems = tp_warnings(cfg, block, int(opts.get("tp") or 1))
+    problems = tp_warnings(cfg, block, int(opts.tp or 1))
     for msg in problems:
         warnings.warn(msg, FP8LoadWarning, stacklevel=2)
     notes = {**src.notes, "fp8": {"scheme": scheme.name, "block": list(block), "scale_fmt": scale_fmt,
@@ -193,23 +193,23 @@ def _pairs(src: Source, scheme, block) -> dict[str, str]:
     return pairs
 
 
-def _out_dtype(opts: dict, cfg: dict) -> torch.dtype:
-    want = opts.get("dequant_dtype") or cfg.get("torch_dtype") or "bfloat16"
+def _out_dtype(opts: DequantizeOptions, cfg: dict) -> torch.dtype:
+    want = opts.dtype or cfg.get("torch_dtype") or "bfloat16"
     if want not in HIGH_PRECISION:
         raise BadInputError(f"cannot dequantise to {want!r}", fix=f"use one of: {', '.join(HIGH_PRECISION)}")
     return HIGH_PRECISION[want]
 
 
 @converter("fp8", "safetensors", lossless=False, name="dequantize", demo_options={}, options=DequantizeOptions)
-def dequantize_edge(src: Source, opts: dict) -> Source:
+def dequantize_edge(src: Source, opts: DequantizeOptions) -> Source:
     """block FP8 -> bf16 safetensors: w = fp8 * scale_inv per block; drops scales and quantization_config."""
-    scheme = get_scheme(opts.get("scheme") or "fp8-block")
+    scheme = get_scheme("fp8-block")
     cfg = dict(src.config or {})
     qc = cfg.pop("quantization_config", None)
     if qc is not None and not scheme.owns(qc):
         raise UnsupportedError(f"quant_method {qc.get('quant_method')!r} is not block FP8", path=src.path,
                                fix="only DeepSeek-style `fp8` checkpoints with weight_scale_inv are supported")
-    block = as_block(opts["block_size"]) if opts.get("block_size") is not None else scheme.block_of(qc)
+    block = scheme.block_of(qc)
     dtype = _out_dtype(opts, cfg)
     pairs = _pairs(src, scheme, block)
     scales = set(pairs.values())

@@ -95,13 +95,13 @@ def _check_vocab_rows(src: Source, cfg: dict) -> None:
 
 
 @converter("safetensors", "gguf", lossless=False, name="to-gguf", demo_options={}, options=GgufOptions)
-def to_gguf(src: Source, opts: dict) -> PartedSource:
+def to_gguf(src: Source, opts: GgufOptions) -> PartedSource:
     """HF names -> llama.cpp GGUF names and layouts (split/permute QKV, stack experts, bake norm_head)."""
     cfg = dict(src.config or {})
     table = table_for_config(cfg, src.path)
     arch = table["gguf_arch"]
     names, notes = src.keys(), {"arch": arch}
-    if opts.get("no_mtp") and ModelConfig.of(cfg).mtp_layers:
+    if opts.no_mtp and ModelConfig.of(cfg).mtp_layers:
         names, dropped = drop_mtp(src, cfg)
         notes["mtp_dropped_layers"] = dropped
         cfg["num_nextn_predict_layers"] = 0
@@ -134,12 +134,12 @@ def _cast(th: Thunk, dtype: torch.dtype | None) -> Thunk:
 
 
 @converter("gguf", "safetensors", lossless=False, name="from-gguf", demo_options={}, options=FromGgufOptions)
-def from_gguf(src: Source, opts: dict) -> Source:
+def from_gguf(src: Source, opts: FromGgufOptions) -> Source:
     """llama.cpp GGUF names -> HF names (unstack experts, merge and un-permute QKV); dequantised."""
-    refuse_llama_defaults(src, opts.get("llama_defaults"))
+    refuse_llama_defaults(src, opts.llama_defaults)
     cfg = dict(src.config or {})
     table = table_for_config(cfg, src.path)
-    cast = OUT_DTYPES[opts.get("dtype") or "keep"]
+    cast = OUT_DTYPES[opts.dtype or "keep"]
     infos, thunks = {}, {}
     for g in group_names(src.keys(), rules(table), "gguf", table["gguf_arch"], src.path):
         missing = [g.fmt(p) for i, p in enumerate(g.rule.gguf) if i not in g.slots]
@@ -163,8 +163,8 @@ def from_gguf(src: Source, opts: dict) -> Source:
         for o, shape, th in zip(outs, shapes, ths):
             infos[o], thunks[o] = TensorInfo(tuple(shape), dtype), th
     aux = dict(src.aux)
-    if opts.get("tokenizer_dir"):
-        aux.update(aux_files(Path(opts["tokenizer_dir"])))
+    if opts.tokenizer_dir:
+        aux.update(aux_files(Path(opts.tokenizer_dir)))
     extra = {"parts": {}} if isinstance(src, PartedSource) else {}
     return src.derive(infos=infos, thunks=thunks, config=cfg, aux=aux, **extra)
 

@@ -328,6 +328,8 @@ class HybridOptions:
 
 
 @converter("safetensors", "hybrid-linear", lossless=False, name="to-hybrid-linear", options=HybridOptions, demo=False)
-def to_hybrid_linear(src: Source, opts: dict) -> Source:
+def to_hybrid_linear(src: Source, opts: HybridOptions) -> Source:
     """Softmax Ling -> hybrid-linear: reuse weights, expand KV to MHA, seed the new gate (manifest says how)."""
-    return to_hybrid(src, plan_hybrid(src, **{f: opts.get(f) for f in HybridOptions.__dataclass_fields__}))
+    return to_hybrid(src, plan_hybrid(src, linear_layers=opts.linear_layers, layer_group_size=opts.layer_group_size,
+                                      init=opts.init, group_norm_size=opts.group_norm_size,
+                                      modeling_dir=opts.modeling_dir))

@@ -15,13 +15,13 @@ from . import converter
 
 @converter("safetensors", "mindie", lossless=True, name="to-mindie", demo_options={"variant": "lite"},
            options=MindieOptions)
-def to_mindie(src: Source, opts: dict) -> Source:
+def to_mindie(src: Source, opts: MindieOptions) -> Source:
     """HF safetensors -> MindIE dir (config variant, backup, service config, rank table)."""
     return transform.to_mindie(src, opts)
 
 
 @converter("mindie", "safetensors", lossless=True, name="from-mindie", demo_options={"variant": "lite"},
            options=MindieOptions)
-def from_mindie(src: Source, opts: dict) -> Source:
+def from_mindie(src: Source, opts: MindieOptions) -> Source:
     """MindIE dir -> plain HF safetensors (HF config from config.json.bak, else rewrites inverted)."""
     return transform.from_mindie(src, opts)

@@ -73,6 +73,10 @@ class ConfigSchemaError(BadInputError):
     """config.json fails its schema."""
 
 
+class OptionError(BadInputError, TypeError):
+    """An option no edge of the route (or no keyword of the API function) reads: a misspelt key."""
+
+
 class UnsupportedError(LingConvertError):
     """Valid input that the requested target cannot represent."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import CONFIG
+from ..core.options import changed
 from ..core.output import MANIFEST, StagedOutput, parse_size
 from ..core.source import Source
 from .safetensors.writer import write_index, write_tensors
@@ -28,14 +29,14 @@ class WriteOptions:
     resume: bool = False
     progress: Callable[[int], None] | None = field(default=None, compare=False)
     workers: int = field(default=1, compare=False)     # processes filling each file; bytes do not depend on it
-    extra: dict = field(default_factory=dict, compare=False)   # target-specific options
+    options: object = field(default=None, compare=False)   # the route's options object (pipeline.route_options)
 
 
 def plan_id(src: Source, opts: WriteOptions, target: str) -> str:
     """Identity of a run for --resume: same inputs, names, shapes, dtypes and options."""
     h = hashlib.sha256()
     h.update(json.dumps([target, str(src.path), src.route, str(opts.max_shard_size),
-                         sorted((k, repr(v)) for k, v in opts.extra.items())]).encode())
+                         sorted((k, repr(v)) for k, v in changed(opts.options).items())]).encode())
     for name, info in sorted(src.infos.items()):
         h.update(f"{name}|{info.shape}|{info.dtype}\n".encode())
     h.update(json.dumps(src.config, sort_keys=True, default=str).encode())

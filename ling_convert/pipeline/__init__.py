@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..converters import apply_route, check_options, option_names, plan_route
+from ..converters import apply_route, plan_route, route_options
 from ..core.errors import ConfigSchemaError, UnknownTensorError, UnsupportedError
 from ..core.fill import auto_workers
+from ..core.options import as_mapping, field_defaults
 from ..core.pool import check_workers
 from ..core.output import parse_size
 from ..core.source import Source
@@ -67,34 +68,36 @@ def with_config_from(src: Source, cfg_dir: str | Path) -> Source:
 
 
 def prepare(src_path: str | Path, to: str, *, from_format: str | None = None,
-            options: dict | None = None) -> tuple[Source, list]:
-    """Open the source and apply the route to `to` lazily (no tensor data is read)."""
+            options=None) -> tuple[Source, list]:
+    """Open the source and apply the route to `to` lazily (no tensor data is read).
+
+    `options`: a mapping or an options object; a key no edge of the route reads is an OptionError."""
     if from_format:
         from .input_kind import check_input_kind
         check_input_kind(src_path, from_format, to)
     src = open_checkpoint(src_path, from_format)
-    if (options or {}).get("config_from"):
-        src = with_config_from(src, options["config_from"])
+    given = as_mapping(options)
+    if given.get("config_from"):       # before the checks below: it gives the config they read
+        src = with_config_from(src, given["config_from"])
     if src.config is None and src.notes.get("config_error"):     # e.g. DCP args that cannot give a config
         raise ConfigSchemaError(src.notes["config_error"])
     check_counts(arch_mod.detect_architecture(src.config, src.path), src)
     if src.format in HF_NAMED:
         check_complete(src)
     route = plan_route(src.format, to)
-    check_options(route, get_format(to).options, options or {})
-    out = apply_route(src, route, options or {})
-    return out, route
+    return apply_route(src, route, route_options(route, get_format(to).options, options)), route
 
 
 def convert(src: str | Path, out: str | Path, *, to: str = "safetensors", from_format: str | None = None,
             max_shard_size: str | int = DEFAULT_SHARD, force: bool = False, resume: bool = False,
-            dry_run: bool = False, options: dict | None = None,
+            dry_run: bool = False, options=None,
             progress: Callable[[int], None] | None = None, workers: int | None = None) -> ConvertResult:
     """Convert any supported checkpoint to format `to` (route found by the planner).
 
-    `workers`: processes filling each output file (None: `core.fill.auto_workers`); bytes do not depend on it."""
+    `options`: an options object or a mapping (`prepare`). `workers`: processes filling each output file
+    (None: the options' `workers`, else `core.fill.auto_workers`); bytes do not depend on it."""
     src, hub_source = resolve_source(src)   # hf://org/name[@rev], ms://...: pulled and verified first
-    options = dict(options or {})
+    options = as_mapping(options)           # the options set, as plain data
     given = options.pop("workers", None)
     lazy, route = prepare(src, to, from_format=from_format, options=_one_process_edges(src, to, from_format, options))
     if hub_source:
@@ -108,7 +111,7 @@ def _one_process_edges(src, to: str, from_format: str | None, options: dict) -> 
     """The options with `workers: 1` for every edge that reads it: the writer's processes run the edges'
     work, and an edge starting a pool of its own would oversubscribe the cores."""
     fmt = from_format or detect_format(src).name
-    if any("workers" in option_names(e.options) for e in plan_route(fmt, to)):
+    if any("workers" in field_defaults(e.options) for e in plan_route(fmt, to)):
         return {**options, "workers": 1}
     return options
 
@@ -121,7 +124,7 @@ def resolve_workers(workers: int | None, lazy: Source) -> tuple[int, str]:
 
 
 def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_size: str | int = DEFAULT_SHARD,
-            force: bool = False, resume: bool = False, dry_run: bool = False, options: dict | None = None,
+            force: bool = False, resume: bool = False, dry_run: bool = False, options=None,
             progress: Callable[[int], None] | None = None, workers: tuple[int, str] = (1, "one process")
             ) -> ConvertResult:
     """Write a prepared (lazy, routed) source with the target's writer, or plan its shards (`dry_run`).
@@ -138,7 +141,12 @@ def execute(lazy: Source, route: list, out: str | Path, *, to: str, max_shard_si
             raise UnsupportedError(f"format {to!r} can be read but not written", fix="pick another --to")
     if progress is not None and hasattr(progress, "start"):
         progress.start(lazy.total_bytes)
-    opts = WriteOptions(max_shard_size=max_shard_size, force=force, resume=resume, progress=progress,
-                        extra=dict(options or {}), workers=workers[0])
+    opts = write_options(route, to, options, max_shard_size=max_shard_size, force=force, resume=resume,
+                         progress=progress, workers=workers[0])
     result.output = Path(target.write(lazy, Path(out), opts))
     return result
+
+
+def write_options(route: list, to: str, options=None, **kw) -> WriteOptions:
+    """The writer's options: run settings (`kw`) and the route's typed options object."""
+    return WriteOptions(options=route_options(route, get_format(to).options, options), **kw)

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import ConvertResult, prepare
+from . import ConvertResult, prepare, write_options
 from ..core.errors import LingConvertError
 from ..core.fill import FillPool
+from ..core.options import as_mapping
 from ..formats import safetensors as st
 from ..core.output import StagedOutput, os_error, output_path, sha256_file
-from ..formats.writer import WriteOptions, finish_hf_dir, plan_id
+from ..formats.writer import finish_hf_dir, plan_id
 
 HF_TARGETS = ("safetensors", "fp8")   # targets whose writer is writer.write_hf_dir
 _STATE: dict = {}                     # per rank: the lazy source
@@ -48,8 +49,8 @@ def _raise(msg: tuple) -> None:
 def _init(src: str, to: str, from_format: str | None, options: dict, want: str, max_shard_size) -> None:
     torch.set_num_threads(1)
     try:
-        lazy, _ = prepare(src, to, from_format=from_format, options=options)
-        got = plan_id(lazy, WriteOptions(max_shard_size=max_shard_size, extra=options), to)
+        lazy, route = prepare(src, to, from_format=from_format, options=options)
+        got = plan_id(lazy, write_options(route, to, options, max_shard_size=max_shard_size), to)
         _STATE.update(lazy=lazy, error=None if got == want else "worker planned a different output")
     except LingConvertError as e:
         _STATE.update(lazy=None, error=_as_data(e))
@@ -113,15 +114,16 @@ class _Group:
         return box
 
 
-def convert_parallel(src, out, *, to: str, options: dict, from_format: str | None = "dcp", workers: int = 1,
+def convert_parallel(src, out, *, to: str, options=None, from_format: str | None = "dcp", workers: int = 1,
                      max_shard_size="5GB", force: bool = False, resume: bool = False, progress=None):
     """Like `pipeline.convert` for HF-style targets, with shards split over ranks and pool workers."""
     rank, size = world()
     group = _Group(rank, size)
+    options = as_mapping(options)           # the set options cross to worker processes as plain data
     if to == "fp8":
-        options = {**options, "workers": 1}    # the quantize edge must not start a pool inside ours
+        options["workers"] = 1             # the quantize edge must not start a pool inside ours
     lazy, route = prepare(src, to, from_format=from_format, options=options)
-    pid = plan_id(lazy, WriteOptions(max_shard_size=max_shard_size, extra=dict(options)), to)
+    pid = plan_id(lazy, write_options(route, to, options, max_shard_size=max_shard_size), to)
     plan = st.plan_shards(lazy.infos, st.parse_size(max_shard_size))
     names = st.shard_names(len(plan))
     mine = [i for i in range(len(plan)) if i % size == rank]

@@ -286,17 +286,17 @@ def _check_written(files: list[Path], plan: dict) -> None:
 
 def write_gguf(src: Source, out: Path, opts) -> Path:
     """Write `src` (GGUF names) as one GGUF file, or split files with --split-max-size."""
-    extra, out = opts.extra, Path(out)
+    o, out = opts.options or GgufOptions(), Path(out)
     cfg = src.config or {}
     table = table_for_config(cfg, src.path)
     check_names(src, table)
-    outtype = resolve_outtype(extra.get("outtype"), src)
+    outtype = resolve_outtype(o.outtype, src)
     plan = {n: (*plan_type(n, i.shape, outtype), i.shape) for n, i in src.infos.items()}
-    from_gguf = getattr(src, "source_format", src.format) == "gguf" and not src.route and not extra.get("tokenizer_dir")
+    from_gguf = getattr(src, "source_format", src.format) == "gguf" and not src.route and not o.tokenizer_dir
     if from_gguf:
-        refuse_llama_defaults(src, extra.get("llama_defaults"))
-    tok = None if from_gguf else tokenizer_dir(src.aux, extra.get("tokenizer_dir"), src.path)
-    split = parse_size(extra["split_max_size"]) if extra.get("split_max_size") else 0
+        refuse_llama_defaults(src, o.llama_defaults)
+    tok = None if from_gguf else tokenizer_dir(src.aux, o.tokenizer_dir, src.path)
+    split = parse_size(o.split_max_size) if o.split_max_size else 0
     writer = gguf.GGUFWriter(None, table["gguf_arch"], split_max_size=split)
     rules = schemas.load("gguf/dtype_rules.json")
     file_type = gguf.LlamaFileType[rules["file_type"][rules["outtypes"][outtype]]]

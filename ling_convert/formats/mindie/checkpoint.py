@@ -24,7 +24,7 @@ from ...model.config import ModelConfig
 from .. import safetensors as st
 from .config import check_supported, layout, normalise_spelling, schema_problems
 from .transform import from_mindie, to_mindie
-from .deploy import build_rank_table, rank_table_problems, resolve_deploy, service_config
+from .deploy import MindieOptions, build_rank_table, rank_table_problems, resolve_deploy, service_config
 
 # -- detection and reading ------------------------------------------------------------
 
@@ -69,13 +69,13 @@ def open_mindie(path: Path) -> Source:
 def write(src: Source, out, opts) -> Path:
     """Weights and model config via `write_hf_dir`, then the backup, service config and rank table."""
     from ..writer import write_hf_dir
-    out = Path(out)
+    out, mopts = Path(out), opts.options or MindieOptions()
     lay = layout()
     if src.hf_config is None:
         # Re-deploying a MindIE dir (empty route): back to HF first, then the rewrites anew.
-        src = to_mindie(from_mindie(src, {}), opts.extra)
+        src = to_mindie(from_mindie(src, MindieOptions()), mopts)
     info, hf = dict(src.notes["mindie"]), src.hf_config
-    deploy = resolve_deploy(opts.extra, src.config)
+    deploy = resolve_deploy(mopts, src.config)
     weight_path = str(out.resolve())
     svc = service_config(deploy, weight_path)
     rank = build_rank_table(deploy) if deploy.writes_rank_table else None

@@ -117,17 +117,17 @@ def parse_servers(text, device_ips=None) -> tuple[Server, ...]:
     return tuple(out)
 
 
-def resolve_deploy(opts: dict, cfg: dict) -> Deploy:
+def resolve_deploy(opts: MindieOptions, cfg: dict) -> Deploy:
     """Validate and complete the deployment options against the model config (pure; raises BadInputError)."""
     t = schemas.load(TEMPLATE)["defaults"]
-    variant = check_variant(opts.get("variant") or infer_variant(cfg))
-    if opts.get("device_ips") and not opts.get("servers"):
+    variant = check_variant(opts.variant or infer_variant(cfg))
+    if opts.device_ips and not opts.servers:
         raise _bad("--device-ips needs --servers (one group of NPU IPs per server)", "add --servers IP,IP,...")
-    if opts.get("rank_table") and opts.get("servers"):
+    if opts.rank_table and opts.servers:
         raise _bad("pass either --rank-table or --servers/--device-ips, not both",
                    "the rank table already names the servers")
-    servers = parse_servers(opts.get("servers"), opts.get("device_ips"))
-    user_rt = read_rank_table(Path(opts["rank_table"])) if opts.get("rank_table") else None
+    servers = parse_servers(opts.servers, opts.device_ips)
+    user_rt = read_rank_table(Path(opts.rank_table)) if opts.rank_table else None
     if user_rt is not None and not servers:
         servers = tuple(Server(s["server_id"], s.get("container_ip", s["server_id"])) for s in user_rt["server_list"])
     npu, ws, nodes = _topology(opts, servers, user_rt, variant, t)
@@ -138,25 +138,25 @@ def resolve_deploy(opts: dict, cfg: dict) -> Deploy:
     if user_rt is not None:
         problems = rank_table_problems(user_rt, world_size=ws, cards_per_node=len(npu), placeholders_ok=True)
         if problems:
-            raise BadInputError(problems[0], path=opts["rank_table"],
+            raise BadInputError(problems[0], path=opts.rank_table,
                                 fix="correct the rank table: each rank_id 0..N-1 once, N = --world-size")
     seq, inp = _seq_lens(opts, cfg, t)
-    port = _port(opts.get("port") or t["port"])
-    return Deploy(variant, bool(opts.get("base")), ws, npu, nodes, servers, seq, inp, port,
-                  _target(opts.get("target_dir")), user_rt)
+    port = _port(opts.port or t["port"])
+    return Deploy(variant, bool(opts.base), ws, npu, nodes, servers, seq, inp, port,
+                  _target(opts.target_dir), user_rt)
 
 
-def _topology(opts: dict, servers: tuple, user_rt, variant: str, t) -> tuple[tuple[int, ...], int, int]:
+def _topology(opts: MindieOptions, servers: tuple, user_rt, variant: str, t) -> tuple[tuple[int, ...], int, int]:
     """(NPU ids per node, world size, nodes): world size must be nodes x NPUs per node."""
-    npu = _ints(opts["npu_ids"], "--npu-ids") if opts.get("npu_ids") not in (None, "", []) else None
+    npu = _ints(opts.npu_ids, "--npu-ids") if opts.npu_ids not in (None, "", []) else None
     if npu is None and user_rt is not None:
         npu = tuple(int(dev["device_id"]) for dev in user_rt["server_list"][0]["device"])
     per_node = len(npu) if npu else t["cards_per_node"]
     try:
-        ws = int(opts["world_size"]) if opts.get("world_size") else \
+        ws = int(opts.world_size) if opts.world_size else \
             (len(servers) * per_node if servers else t["world_size"][variant])
     except (TypeError, ValueError):
-        raise _bad(f"world size {opts.get('world_size')!r} is not an integer", "pass --world-size N") from None
+        raise _bad(f"world size {opts.world_size!r} is not an integer", "pass --world-size N") from None
     if ws < 1:
         raise _bad(f"world size {ws} must be positive", "pass --world-size N with N >= 1")
     npu = npu or tuple(range(min(ws, t["cards_per_node"])))
@@ -170,9 +170,9 @@ def _topology(opts: dict, servers: tuple, user_rt, variant: str, t) -> tuple[tup
     return npu, ws, nodes
 
 
-def _seq_lens(opts: dict, cfg: dict, t) -> tuple[int, int]:
+def _seq_lens(opts: MindieOptions, cfg: dict, t) -> tuple[int, int]:
     mpe = int(cfg.get("max_position_embeddings") or t["max_seq_len"])
-    seq = opts.get("max_seq_len")
+    seq = opts.max_seq_len
     if seq is not None and not (str(seq).isdigit() and 1 <= int(seq) <= mpe):
         raise _bad(f"--max-seq-len {seq} is outside [1, {mpe}] (the model's max_position_embeddings)",
                    f"use at most {mpe}")

@@ -11,7 +11,7 @@ import torch
 from ...core import bounded
 from ...core.errors import BadInputError, ConfigSchemaError
 from .config import (check_requirements, check_supported, restore_hf_config, to_mindie_config)
-from .deploy import resolve_deploy
+from .deploy import MindieOptions, resolve_deploy
 from ...core.source import Source
 
 NORM = "model.norm.weight"
@@ -22,11 +22,11 @@ CHUNK = 8192     # lm_head rows per step when summing column norms (memory stays
 MINDIE_OWNED = ("config.json.bak", "rank_table.json")
 
 
-def to_mindie(src: Source, opts: dict) -> Source:
+def to_mindie(src: Source, opts: MindieOptions) -> Source:
     """HF safetensors -> MindIE dir (config variant, backup, service config, rank table)."""
     hf = src.config
     check_supported(hf, src.path)
-    fold = bool(opts.get("fold_norm_head"))
+    fold = bool(opts.fold_norm_head)
     check_requirements(hf, src.path, fold_norm_head=fold)
     resolve_deploy(opts, hf)  # fail on bad deployment options before anything is written
     out = src
@@ -70,7 +70,7 @@ def _read_json(path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def from_mindie(src: Source, opts: dict) -> Source:
+def from_mindie(src: Source, opts: MindieOptions) -> Source:
     """MindIE dir -> plain HF safetensors (HF config from config.json.bak, else rewrites inverted)."""
     bak_path = src.aux.get("config.json.bak")
     bak = _read_bak(bak_path) if bak_path else None
