@@ -109,7 +109,7 @@ def takes_options(cls: type) -> Callable:
 
         extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d) for k, d in fields.items()
                  if k not in sig.parameters]
-        params = list(sig.parameters.values())
+        params = [p.replace(default=None) if p.name == "options" else p for p in sig.parameters.values()]
         wrapper.__signature__ = sig.replace(parameters=_ordered(params + extra))
         return wrapper
     return deco
