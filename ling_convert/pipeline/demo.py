@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..converters import all_edges, plan_route
 from ..converters.config_ops import yarn
+from ..converters.hybrid import HybridOptions
 from ..core.errors import BadInputError, LingConvertError, RouteNotFoundError
 from ..testing import TINY_MODELS, write_tiny
 from ..verify.logits import verify
@@ -95,7 +96,7 @@ def _transforms(model: str, src: Path, mdir: Path) -> list[Callable[[], dict]]:
     return [
         # Hybrid-linear with no linear layer must reproduce the source logits exactly.
         lambda: _timed(model, "to-hybrid-linear --layer-group-size 1", mdir / "hybrid-k1", src, True,
-                       lambda out: convert(src, out, to="hybrid-linear", options={"layer_group_size": 1}, force=True)),
+                       lambda out: convert(src, out, to="hybrid-linear", options=HybridOptions(layer_group_size=1), force=True)),
         # YaRN x4 and back: the round trip must restore the source logits exactly.
         lambda: _timed(model, "yarn --factor 4 --remove (round trip)", mdir / "yarn-back", src, True,
                        lambda out: (yarn(src, factor=4, out=yarned, force=True),
