@@ -4,7 +4,7 @@ Each safetensors shard has the real tensor names, shapes and dtypes in its heade
 the data region is a file hole (`truncate`), so Ling-1T's 2 TB cost a few MB of
 headers. Only metadata paths (inspect, every --dry-run, config checks, route
 planning) may run on them: every tensor reads as zeros. Configs are the published
-values (docs: architectures.md §1.4, §2.6, §3.2); shard counts are the published
+values; shard counts are the published
 ones where known (Ling-mini-2.0: 7, Ling-flash-2.0: 22, Ling-1T: 421).
 
     >>> p = write_sparse("/tmp/ling-1t", "ling-1t")                       # doctest: +SKIP
@@ -35,12 +35,12 @@ _V1 = {"architectures": ["BailingMoeForCausalLM"], "model_type": "bailing_moe",
        "rope_scaling": None, "vocab_size": 126464, "eos_token_id": 126081, "pad_token_id": 126081,
        "tie_word_embeddings": False, "norm_softmax": False, "use_bias": False, "use_qkv_bias": False,
        "pretraining_tp": 1, "output_router_logits": False, "use_cache": True, "torch_dtype": "bfloat16"}
-# Ling-lite-1.5 config.json (architectures.md §1.4).
+# Ling-lite-1.5 config.json as published on the Hub.
 LING_LITE = {**_V1, "hidden_size": 2048, "intermediate_size": 1408, "max_position_embeddings": 32768,
              "moe_intermediate_size": 1408, "num_experts": 64, "num_shared_experts": 2, "num_experts_per_tok": 6,
              "num_attention_heads": 16, "num_key_value_heads": 4, "num_hidden_layers": 28, "rms_norm_eps": 1e-06,
              "norm_head": False, "transformers_version": "4.40.0"}
-# Ling-plus, new head layout with explicit head_dim (HF Ling-plus-base refs/pr/2; architectures.md §1.4).
+# Ling-plus, new head layout with explicit head_dim (HF Ling-plus-base refs/pr/2).
 LING_PLUS = {**_V1, "hidden_size": 5376, "intermediate_size": 12288, "max_position_embeddings": 16384,
              "moe_intermediate_size": 3072, "num_experts": 64, "num_shared_experts": 1, "num_experts_per_tok": 4,
              "num_attention_heads": 56, "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 88,
@@ -58,7 +58,7 @@ _V2 = {"architectures": ["BailingMoeV2ForCausalLM"], "model_type": "bailing_moe"
        "partial_rotary_factor": 0.5, "rope_theta": 600000, "rope_scaling": None, "rms_norm_eps": 1e-06,
        "use_rmsnorm": True, "vocab_size": 157184, "tie_word_embeddings": False, "use_bias": False,
        "use_qkv_bias": False, "use_cache": True, "torch_dtype": "bfloat16", "transformers_version": "4.52.3"}
-# Ling-mini-2.0 with its MTP layer (15,596 tensors; architectures.md §2.6).
+# Ling-mini-2.0 with its MTP layer (15,596 tensors).
 LING_MINI_2 = {**_V2, "num_hidden_layers": 20, "hidden_size": 2048, "intermediate_size": 5120,
                "moe_intermediate_size": 512, "moe_shared_expert_intermediate_size": 512,
                "num_attention_heads": 16, "num_key_value_heads": 4, "num_nextn_predict_layers": 1}
@@ -70,7 +70,7 @@ LING_FLASH_2 = {**_V2, "num_hidden_layers": 32, "hidden_size": 4096, "intermedia
 LING_1T = {**_V2, "num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 18432,
            "moe_intermediate_size": 2048, "moe_shared_expert_intermediate_size": 2048,
            "num_attention_heads": 64, "num_key_value_heads": 8, "num_nextn_predict_layers": 1}
-# Ring-mini-linear-2.0 (architectures.md §3.2): 16 linear-attention layers, 4 softmax.
+# Ring-mini-linear-2.0: 16 linear-attention layers, 4 softmax.
 RING_MINI_LINEAR_2 = {**LING_MINI_2, "architectures": ["BailingMoeLinearV2ForCausalLM"],
                       "model_type": "bailing_moe_linear",
                       "auto_map": {"AutoConfig": "configuration_bailing_moe_linear_v2.BailingMoeLinearV2Config"},
@@ -101,7 +101,7 @@ def published_infos(cfg: dict) -> dict[str, TensorInfo]:
     a = detect_architecture(cfg)
     mc = ModelConfig.of(cfg)
     H, nh, d = mc.hidden_size, mc.num_attention_heads, mc.head_dim
-    for layer in a.linear_layers(cfg):     # linear-attention layers: MHA-wide QKV (architectures.md §3.3)
+    for layer in a.linear_layers(cfg):     # linear-attention layers: MHA-wide QKV (schemas/arch/bailing_moe_linear_v2.json)
         shapes[f"model.layers.{layer}.attention.query_key_value.weight"] = (3 * nh * d, H)
     fp32 = {n for n in shapes if n.endswith("expert_bias")}   # a persistent fp32 buffer in v2 checkpoints
     return {n: TensorInfo(tuple(shapes[n]), torch.float32 if n in fp32 else torch.bfloat16)

@@ -3,7 +3,7 @@
 The Megatron tensors are built here from the HF tiny model with explicit loops
 (per-group QKV, [gate; up] fc1, experts stacked on a leading axis), independently
 of ling_convert's key map, so a bug there cannot cancel out. The DCP files are
-written as torch's FileSystemWriter lays them out (dcp.md §10.2): torch.save
+written as torch's FileSystemWriter lays them out: torch.save
 blobs appended to `__{rank}_0.distcp`, chunk geometry in `.metadata`.
 """
 

@@ -1,6 +1,6 @@
 """A second, independent Ling forward used only as a test oracle.
 
-Written apart from ``ling_convert.reference`` on purpose, from the formulas in architectures.md:
+Written apart from ``ling_convert.reference`` on purpose, from the published model formulas:
 numpy float64, one token at a time, explicit loops over heads and key positions, RoPE by explicit
 pair rotation, and routing by sorting. It takes a whole state dict; it is slow and meant for tiny
 configs only.

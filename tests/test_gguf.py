@@ -184,7 +184,7 @@ def test_keys_full_list(exported, model, arch, expected):
 
 
 def expected_tensors(cfg: dict, v2: bool) -> dict[str, tuple[int, ...]]:
-    """ne shapes from gguf.md 3.2 (llama.cpp's loader), written out independently of schemas/gguf."""
+    """ne shapes from llama.cpp's loader, written out independently of schemas/gguf."""
     H, V, d = cfg["hidden_size"], cfg["vocab_size"], cfg.get("head_dim") or 16
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     E, F = cfg["num_experts"], cfg["moe_intermediate_size"]
@@ -455,7 +455,7 @@ def test_corrupt_gguf_is_one_line(tmp_path, cli, exported):
 def _llama_logits(path: Path) -> torch.Tensor:
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False,
-                          type_k=0, type_v=0)   # F32 KV cache: the default f16 cache adds ~1e-3 (gguf.md 5)
+                          type_k=0, type_v=0)   # F32 KV cache: the default f16 cache adds ~1e-3
     llm.eval(TOKENS.tolist())
     return torch.from_numpy(llm.scores[: len(TOKENS)].copy())[None]
 

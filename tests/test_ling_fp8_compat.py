@@ -1,8 +1,7 @@
 """`dcp2st --force-fp8` is byte-identical to Ling-V2's own converter on the same DCP.
 
 `ling_v2_fp8` below re-implements, independently of ling_convert, the published recipe of
-inclusionAI/Ling-V2 tools/convert_dcp_to_safetensors.py as docs/ling-repos.md §1.3-1.6 and
-docs/fp8.md §2 describe it: DCP keys -> HF names (QKV de-interleaved per query group, fc1 chunked
+inclusionAI/Ling-V2 tools/convert_dcp_to_safetensors.py as published: DCP keys -> HF names (QKV de-interleaved per query group, fc1 chunked
 into gate/up, stacked experts indexed, MTP as layer num_layers), then per_block_cast_to_fp8 on
 every matching 2-D weight: zero-pad to 128, block amax as float clamped at 1e-4, / 448, rounded up
 to 2^ceil(log2(.)) only for attention.dense and routed gate/up, q = (x / scale).to(e4m3),

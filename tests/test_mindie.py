@@ -1,7 +1,7 @@
 """MindIE layouts: to-mindie {lite|plus} [--base] and from-mindie on the tiny v1 models.
 
 Expected values are stated here explicitly; they come from inclusionAI/Ling inference/mindie/
-(model_*_config.json, config*.json) and the README's MindIE section (docs/ling-repos.md section 2).
+(model_*_config.json, config*.json) and the README's MindIE section.
 """
 
 from __future__ import annotations

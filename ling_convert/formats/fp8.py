@@ -34,7 +34,7 @@ def _tensor_names(path: Path) -> list[str]:
     names: list[str] = []
     for f in files:
         try:
-            names.extend(st.read_header(f)[0])
+            names.extend(st.read_names(f))
         except LingConvertError:
             return names   # a broken file is the safetensors reader's to report, with its message
     return names

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-E4M3_MANTISSA = 3            # float8_e4m3fn: 3 stored mantissa bits, bias 7. ref: /work/shared/docs/fp8.md §1
+E4M3_MANTISSA = 3            # float8_e4m3fn: 3 stored mantissa bits, bias 7.
 E4M3_MIN_NORMAL = 2.0 ** -6
 # float32 work of the encoders (x / s, x * (1 / d), q * s) adds a few roundings of 2^-24 each.
 F32_SLACK = 2.0 ** -20
-GGUF_BLOCK = 32              # q8_0 and q4_0 both group 32 consecutive elements of a row. ref: docs/gguf.md
+GGUF_BLOCK = 32              # q8_0 and q4_0 both group 32 consecutive elements of a row. ref: gguf-py quants.py
 Q8_MAX, Q4_NEG = 127.0, -8.0
 
 

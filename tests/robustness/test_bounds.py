@@ -120,3 +120,30 @@ def test_chunk_cover_is_linear_for_large_grids():
     t0 = time.monotonic()
     check_cover((1000, 100), chunks, Path("m"), "t")
     assert time.monotonic() - t0 < 5
+
+
+def _write_wide_header(path: Path, n: int) -> None:
+    """A safetensors file of `n` one-element tensors: a small file with a huge tensor count."""
+    import struct
+    head = json.dumps({f"model.layers.0.mlp.experts.{i}.w": {"dtype": "BF16", "shape": [1],
+                                                              "data_offsets": [2 * i, 2 * i + 2]}
+                       for i in range(n)}, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        f.truncate(8 + len(head) + 2 * n)
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "convert"])
+def test_header_claiming_too_many_tensors_is_refused_before_parsing(zygote, tmp_path, cmd):
+    """1.6 M entries fit in a 100 MB header; building them took minutes. The count is refused first."""
+    from ling_convert.formats.safetensors.header import MAX_ENTRIES
+    d = copy_of("hf-lite", tmp_path)
+    for f in d.glob("*.safetensors*"):
+        f.unlink()
+    _write_wide_header(d / "model.safetensors", MAX_ENTRIES + 1)
+    args = [d] if cmd == "inspect" else [d, tmp_path / "out"]
+    r = zygote.run(cmd, *args, limit_s=30, mem_mb=1536)
+    _one_line(r, "model.safetensors")
+    assert f"declares {MAX_ENTRIES + 1} tensors" in r.lines[0]
+    assert not (tmp_path / "out").exists()

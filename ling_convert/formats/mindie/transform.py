@@ -42,7 +42,7 @@ def to_mindie(src: Source, opts: MindieOptions) -> Source:
 
 def _special_ids(cfg: dict, aux: dict, applied: list[str]) -> tuple[dict, list[str]]:
     """eos/pad ids the source config lacks, from the tokenizer files or generation_config.json: MindIE
-    falls back to 100001, a wrong token for every Ling vocabulary (shared/docs/ling-repos.md 2.3)."""
+    falls back to 100001, a wrong token for every Ling vocabulary (schemas/mindie/)."""
     from pathlib import Path
     from ..dcp.megatron_config import tokenizer_ids
     missing = [k for k in ("eos_token_id", "pad_token_id") if cfg.get(k) is None]

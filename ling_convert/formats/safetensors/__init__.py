@@ -10,13 +10,13 @@ from pathlib import Path
 from .. import Format, register
 from ...core.fastio import pread_flat
 from ...core.output import parse_size
-from .header import INDEX, MAX_HEADER, SINGLE, Entry, read_header, read_tensor
+from .header import INDEX, MAX_HEADER, SINGLE, Entry, read_header, read_names, read_tensor
 from .reader import FileSlice, detect, open_source, read_index, shard_files
 from .writer import (disk_order, header_bytes, iter_shard_plan, plan_shards, shard_names, tensor_bytes, tensor_maker,
                      write_index, write_shard, write_shard_unsynced, write_tensors, _ShardOut)
 
 __all__ = ["INDEX", "MAX_HEADER", "SINGLE", "Entry", "FileSlice", "detect", "disk_order", "header_bytes",
-           "iter_shard_plan", "open_source", "parse_size", "plan_shards", "pread_flat", "read_header", "read_index",
+           "iter_shard_plan", "open_source", "parse_size", "plan_shards", "pread_flat", "read_header", "read_index", "read_names",
            "read_tensor",
            "shard_files", "shard_names", "tensor_bytes", "tensor_maker", "write_index", "write_shard",
            "write_shard_unsynced",

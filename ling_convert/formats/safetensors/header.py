@@ -21,6 +21,9 @@ from ...core.source import ST_DTYPES, TensorInfo
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 MAX_HEADER = 100 * 1024 * 1024  # ref: safetensors rejects headers over 100 MB as well
+# Ling-1T holds 62,336 tensors in all of its 421 files; a file claiming more than this is hostile
+# and is refused before its entries are built (1.6 M entries fit in a 100 MB header).
+MAX_ENTRIES = 1 << 18
 
 
 # -- header ------------------------------------------------------------------
@@ -34,18 +37,38 @@ class Entry:
 
 def _no_dup_pairs(path: Path):
     def hook(pairs):
+        d = dict(pairs)
+        if len(d) == len(pairs):     # the common case stays in C: one dict build per object
+            return d
         seen = set()
         for k, _ in pairs:
             if k in seen:
                 raise CorruptFileError("header lists the tensor twice", path=path, tensor=k,
                                        fix="re-export the file; names must be unique")
             seen.add(k)
-        return dict(pairs)
+        return d
     return hook
 
 
 def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
     """Parse and validate a safetensors header: -> (entries, __metadata__)."""
+    header, n, size = _parse(path)
+    meta = header.pop("__metadata__", None) or {}
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CorruptFileError("__metadata__ is not an object of strings", path=path, fix="re-export the file")
+    entries = {name: _entry(path, name, spec, 8 + n, size) for name, spec in header.items()}
+    _check_overlaps(path, entries)
+    return entries, meta
+
+
+def read_names(path: Path) -> list[str]:
+    """The tensor names of a header, bounded like read_header but without checking each entry
+    (format detection needs names only; the reader checks the entries when it opens the file)."""
+    return [k for k in _parse(path)[0] if k != "__metadata__"]
+
+
+def _parse(path: Path) -> tuple[dict, int, int]:
+    """-> (header object, header length, file size), every bound checked before the JSON parse."""
     size = bounded.regular_file(path, "safetensors file").st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -61,16 +84,17 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
         raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptFileError("header is not valid UTF-8", path=path, fix="re-export the file") from None
+    # Counted in C before any Python object is built; an overcount only refuses a hostile file.
+    claimed = raw.count(b'"data_offsets"')
+    if claimed > MAX_ENTRIES:
+        raise CorruptFileError(f"header declares {claimed} tensors, more than {MAX_ENTRIES} in one file "
+                               "(Ling-1T has 62,336 in all its files)", path=path,
+                               fix="the file is not a real checkpoint shard; re-export it")
     # Depth is bounded by the entry checks below (flat objects of strings and integer lists).
     header = bounded.parse_json(raw, path, pairs_hook=_no_dup_pairs(path), max_depth=None, digits=False)
     if not isinstance(header, dict):
         raise CorruptFileError("header is not a JSON object", path=path, fix="re-export the file")
-    meta = header.pop("__metadata__", None) or {}
-    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-        raise CorruptFileError("__metadata__ is not an object of strings", path=path, fix="re-export the file")
-    entries = {name: _entry(path, name, spec, 8 + n, size) for name, spec in header.items()}
-    _check_overlaps(path, entries)
-    return entries, meta
+    return header, n, size
 
 
 def _ints(v, n: int | None = None) -> bool:
@@ -90,7 +114,8 @@ def _entry(path: Path, name: str, spec, data_start: int, size: int) -> Entry:
     shape, offs = spec.get("shape"), spec.get("data_offsets")
     if not _ints(shape) or math.prod(shape) >= 1 << 63:
         raise bad(f"shape {bounded.short(shape)} is not a list of non-negative integers with an int64 size")
-    if not (_ints(offs, 2) and offs[0] <= offs[1]):
+    if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int
+            and 0 <= offs[0] <= offs[1] < 1 << 63):
         raise bad(f"data_offsets {bounded.short(offs)} are not [begin, end] with begin <= end")
     info = TensorInfo(tuple(shape), dtype)
     if offs[1] - offs[0] != info.nbytes:
