@@ -210,8 +210,8 @@ def _refresh_manifest(root: Path, names: list[str], op: dict) -> None:
     """Keep an existing ling-convert.json truthful: new hashes for the rewritten files, the edit logged."""
     mpath = in_place_target(root / MANIFEST, root)
     try:
-        manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
-    except (OSError, ValueError):
+        manifest = bounded.load_json(mpath, MANIFEST, limit=bounded.MAX_INDEX) if mpath.is_file() else None
+    except (OSError, ValueError, LingConvertError):
         manifest = None  # not ours to repair; `verify`/`pull` will report it
     if not isinstance(manifest, dict):
         return
@@ -253,9 +253,9 @@ def _walk(root: Path):
 def _write_copy(target: Target, new: dict, out: Path, force: bool, manifest: dict) -> None:
     src_manifest = target.root / MANIFEST
     try:
-        old = json.loads(src_manifest.read_text())
+        old = bounded.load_json(src_manifest, MANIFEST, limit=bounded.MAX_INDEX)
         old = {k: v for k, v in old.items() if k != "files"} if isinstance(old, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, LingConvertError):
         old = {}
     with StagedOutput(out, sources=[target.root], force=force) as st:
         for rel, src in _walk(target.root):

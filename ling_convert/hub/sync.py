@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from ..core.errors import BadInputError, CorruptFileError, MissingShardError, VerificationError
+from ..core import bounded
+from ..core.errors import BadInputError, CorruptFileError, LingConvertError, MissingShardError, VerificationError
 from ..core.output import MANIFEST, StagedOutput, write_json_atomic
 from ..core.source import contained
 from .backends import get_backend
@@ -268,8 +269,8 @@ def _check_manifests(staged: StagedOutput, listed: set[str] | None, origin: str)
     for rel in [r for r in staged.files if r.rsplit("/", 1)[-1].endswith(MANIFEST)]:
         base = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
         try:
-            recorded = json.loads(staged.path(rel).read_text()).get("files") or {}
-        except (OSError, ValueError, AttributeError):
+            recorded = bounded.load_json(staged.path(rel), MANIFEST, limit=bounded.MAX_INDEX).get("files") or {}
+        except (OSError, ValueError, AttributeError, LingConvertError):
             raise CorruptFileError("manifest is not valid JSON", path=f"{origin}/{rel}") from None
         for name, sha in recorded.items():
             full = base + name
@@ -302,9 +303,9 @@ def _save_listing(snap: Snapshot) -> None:
 def _load_listing(hub: str, repo: str, revision: str) -> Snapshot | None:
     p = _listing_path(hub, repo, revision)
     try:
-        data = json.loads(p.read_text())
+        data = bounded.load_json(p, "hub listing", limit=bounded.MAX_INDEX)
         files = tuple(RemoteFile(**f) for f in data["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, LingConvertError):
         return None
     return Snapshot(hub, repo, revision, data.get("commit"), files)
 
@@ -342,7 +343,7 @@ def resolve_source(path: str | Path, *, token: str | None = None) -> tuple[Path,
     if not (record.is_file() and local.is_dir()):
         local.parent.mkdir(parents=True, exist_ok=True)
         pull(repo, local, hub=hub, revision=snap.commit or revision, token=token, force=True)
-    prov = json.loads(record.read_text())["pulled_from"]
+    prov = bounded.load_json(record, "pull record")["pulled_from"]
     scheme = "hf" if hub == "hf" else "ms"
     return local, {**prov, "revision": revision or backend.default_revision,
                    "reference": f"{scheme}://{repo}" + (f"@{revision}" if revision else "")}

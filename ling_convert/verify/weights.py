@@ -13,7 +13,6 @@ tensor). Bounds: verify/bounds.py. Rows are compared in strips, so memory stays 
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import mmap
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import bounded
+from ..core.errors import LingConvertError
 from ..core.output import MANIFEST
 from ..core.source import Source, ordered
 from .bounds import GGUF_BOUNDS, cast_bound, e4m3_bound, fp8_derived_bound
@@ -53,8 +54,8 @@ def read_manifest(path: Path) -> dict:
     """The ling-convert.json beside an output (empty when there is none or it does not parse)."""
     p = Path(path) / MANIFEST
     try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except (OSError, ValueError):
+        return bounded.load_json(p, MANIFEST, limit=bounded.MAX_INDEX) if p.is_file() else {}
+    except (OSError, ValueError, LingConvertError):
         return {}
 
 

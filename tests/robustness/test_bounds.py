@@ -147,3 +147,21 @@ def test_header_claiming_too_many_tensors_is_refused_before_parsing(zygote, tmp_
     _one_line(r, "model.safetensors")
     assert f"declares {MAX_ENTRIES + 1} tensors" in r.lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body", ["[" * 200_000, '{"files": [], "commit": ' + "9" * 5000 + "}"])
+def test_cached_hub_listing_is_bounded(tmp_path, monkeypatch, body):
+    """A listing cached from a hostile hub is parsed within bounds: ignored (refetched), not a crash."""
+    from ling_convert.hub import sync
+    monkeypatch.setenv("LING_CONVERT_CACHE", str(tmp_path))
+    p = sync._listing_path("hf", "org/model", "main")
+    p.parent.mkdir(parents=True)
+    p.write_text(body)
+    assert sync._load_listing("hf", "org/model", "main") is None
+
+
+@pytest.mark.parametrize("name", ["ling-convert.json"])
+def test_hostile_manifest_beside_a_checkpoint_is_ignored_by_verify(tmp_path, name):
+    from ling_convert.verify.weights import read_manifest
+    (tmp_path / name).write_text("[" * 200_000)
+    assert read_manifest(tmp_path) == {}

@@ -11,12 +11,11 @@ shared experts, vocab) are the functions below.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
-from ...core import schemas
+from ...core import bounded, schemas
 from ...model.config import ModelConfig
 from ...core.errors import ConfigSchemaError, UnsupportedError
 
@@ -171,8 +170,8 @@ def tokenizer_ids(tokdir: Path) -> dict:
     if not tj.is_file():
         return {}
     try:
-        tok = json.loads(tj.read_text())
-        conf = json.loads(tc.read_text()) if tc.is_file() else {}
+        tok = bounded.load_json(tj, "tokenizer.json", limit=bounded.MAX_INDEX)
+        conf = bounded.load_json(tc, "tokenizer_config.json") if tc.is_file() else {}
     except (OSError, ValueError) as e:
         raise ConfigSchemaError(f"cannot read tokenizer files ({e})", path=tokdir,
                                 fix="point --tokenizer-dir at an HF tokenizer directory") from None

@@ -13,7 +13,6 @@ expert) is one `pread`. Memory per read is the slice, not the chunk.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import struct
@@ -301,7 +300,7 @@ def _check_backend(root: Path) -> None:
     if not p.is_file():
         return
     try:
-        backend = json.loads(p.read_text()).get("sharded_backend", "torch_dist")
+        backend = bounded.load_json(p, "Megatron metadata.json").get("sharded_backend", "torch_dist")
     except (ValueError, AttributeError, OSError):
         raise CorruptFileError("not a JSON object", path=p, fix="restore Megatron's metadata.json") from None
     if backend != "torch_dist":

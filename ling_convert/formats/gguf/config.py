@@ -92,8 +92,8 @@ def metadata(path: Path) -> dict[str, Any]:
     view = {k: _summary(v) for k, (v, _) in fields(reader, path).items()}
     if isinstance(view.get(HF_CONFIG_KEY), str):
         try:  # shown (and diffed) field by field rather than as one long string
-            view[HF_CONFIG_KEY] = json.loads(view[HF_CONFIG_KEY])
-        except ValueError:
+            view[HF_CONFIG_KEY] = bounded.parse_json(view[HF_CONFIG_KEY], path)
+        except LingConvertError:
             pass
     view["(tensors)"] = len(reader.tensors)
     return view
@@ -292,8 +292,8 @@ def rewrite_gguf(path: Path, transform: Callable[[dict], dict], *, out: Path | N
 def _sidecar(path: Path) -> dict:
     """The provenance a GGUF already carries beside it (minus file hashes), kept in the new manifest."""
     try:
-        old = json.loads(path.with_name(path.name + "." + MANIFEST).read_text())
-    except (OSError, ValueError):
+        old = bounded.load_json(path.with_name(path.name + "." + MANIFEST), MANIFEST, limit=bounded.MAX_INDEX)
+    except (OSError, ValueError, LingConvertError):
         return {}
     return {k: v for k, v in old.items() if k != "files"} if isinstance(old, dict) else {}
 
