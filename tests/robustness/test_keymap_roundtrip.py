@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from ling_convert.model import ops
 from ling_convert.model.arch import detect_architecture
-from ling_convert.converters.gguf import from_gguf, to_gguf
+from ling_convert.converters.gguf import FromGgufOptions, from_gguf, to_gguf
+from ling_convert.formats.gguf.writer import GgufOptions
 from ling_convert.converters.dcp_keymap import KeyMap
 from ling_convert.core.source import Source, TensorInfo
 from ling_convert.testing import tensor_shapes, tiny_config
@@ -114,8 +115,8 @@ def test_gguf_map_round_trip(cfg, seed):
     """to-gguf then from-gguf (lazy edges, no files): same names, shapes and, in f32, the same values;
     lm_head differs only where norm_head is baked into output.weight (a declared, one-way op)."""
     src, data = _source(cfg, seed)
-    gg = to_gguf(src, {})
-    back = from_gguf(gg.derive(format="gguf"), {})
+    gg = to_gguf(src, GgufOptions())
+    back = from_gguf(gg.derive(format="gguf"), FromGgufOptions())
     assert set(back.infos) == set(src.infos)
     assert all(back.infos[n].shape == src.infos[n].shape for n in src.infos)
     baked = {"lm_head.weight"} if cfg.get("norm_head") else set()
