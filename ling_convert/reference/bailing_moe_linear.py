@@ -122,8 +122,8 @@ def _hybrid_fields(config: dict, generation: int) -> dict:
 
 
 @dataclass(frozen=True)
-class ArgsV1(v1.Args):
-    """v1 config plus the hybrid knobs (defaults: Ring configuration_bailing_moe_linear.py)."""
+class _Knobs:
+    """The hybrid knobs both generations add (defaults: Ring configuration_bailing_moe_linear.py)."""
 
     layer_group_size: int = 1
     linear_silu: bool = False
@@ -132,25 +132,25 @@ class ArgsV1(v1.Args):
     low_rank_gate: bool = False
     group_norm_size: int = 1  # v1 normalises the full width
 
+    generation = 0  # a class attribute, not a field: set by each Args below
+
     @classmethod
-    def from_dict(cls, config: dict) -> "ArgsV1":
-        return dataclasses.replace(super().from_dict(config), **_hybrid_fields(config, 1))
+    def from_dict(cls, config: dict):
+        return dataclasses.replace(super().from_dict(config), **_hybrid_fields(config, cls.generation))
 
 
 @dataclass(frozen=True)
-class ArgsV2(v2.Args):
+class ArgsV1(_Knobs, v1.Args):
+    """v1 config plus the hybrid knobs."""
+
+    generation = 1
+
+
+@dataclass(frozen=True)
+class ArgsV2(_Knobs, v2.Args):
     """v2 config plus the hybrid knobs; linear layers are always MHA with a full gate."""
 
-    layer_group_size: int = 1
-    linear_silu: bool = False
-    linear_rope: bool = True
-    linear_gqa: bool = False
-    low_rank_gate: bool = False
-    group_norm_size: int = 1
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "ArgsV2":
-        return dataclasses.replace(super().from_dict(config), **_hybrid_fields(config, 2))
+    generation = 2
 
 
 # ---------------------------------------------------------------- linear-attention layer

@@ -13,6 +13,7 @@ Any other global is refused by name *before* anything is called.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import pickle
 from collections import OrderedDict
@@ -91,11 +92,29 @@ _META_FUNCS = {
 _TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, path: Path):
-        super().__init__(io.BytesIO(data))
-        self.path = path
+@contextlib.contextmanager
+def _damaged_as(where, what: str, fix: str):
+    """Any failure but a refusal while unpickling becomes one CorruptFileError naming `where`."""
+    try:
+        yield
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # truncated or garbled pickle: never a traceback
+        raise CorruptFileError(f"{what} ({type(e).__name__}: {str(e)[:160]})", path=where, fix=fix) from None
 
+
+class _Restricted(pickle.Unpickler):
+    """Builds only what its find_class allows; `where` names the file in every refusal."""
+
+    def __init__(self, data: bytes, where):
+        super().__init__(io.BytesIO(data))
+        self.where = where
+
+    def refuse(self, msg: str):
+        raise UnsafePickleError(msg, path=self.where, fix=_FIX)
+
+
+class _MetadataUnpickler(_Restricted):
     def find_class(self, module: str, name: str):
         full = f"{module}.{name}"
         if full in _META_CLASSES or module.split(".")[0] == "megatron":
@@ -104,25 +123,20 @@ class _MetadataUnpickler(pickle.Unpickler):
             return _META_FUNCS[full]
         if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES):
             return getattr(torch, name)
-        raise UnsafePickleError(f"pickle asks for global {full!r}, which is not on the DCP allow-list; "
-                                "refused without running it", path=self.path, fix=_FIX)
+        self.refuse(f"pickle asks for global {full!r}, which is not on the DCP allow-list; "
+                    "refused without running it")
 
     def persistent_load(self, pid):
-        raise UnsafePickleError("pickle uses persistent ids, which DCP metadata never does; refused",
-                                path=self.path, fix=_FIX)
+        self.refuse("pickle uses persistent ids, which DCP metadata never does; refused")
 
 
 def load_metadata(path: Path):
     """Unpickle a DCP `.metadata` file into inert records (attributes as in torch's classes)."""
     data = bounded.read_bytes(path, MAX_METADATA, METADATA_NAME)
     bounded.check_pickle(data, path, max_builds=MAX_BUILDS, what=METADATA_NAME)
-    try:
+    with _damaged_as(path, "cannot read DCP metadata",
+                     fix="the checkpoint save did not finish or the file is damaged"):
         return _MetadataUnpickler(data, path).load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # truncated or garbled pickle: never a traceback
-        raise CorruptFileError(f"cannot read DCP metadata ({type(e).__name__}: {str(e)[:160]})", path=path,
-                               fix="the checkpoint save did not finish or the file is damaged") from None
 
 
 # -- common.pt -------------------------------------------------------------------
@@ -141,15 +155,13 @@ def load_common(path: Path) -> dict:
         else:
             raise UnsafePickleError(f"pickle asks for global {full!r}, which is not on the common.pt "
                                     "allow-list; refused without running it", path=path, fix=_FIX)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace, *extra]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"refused by the weights-only loader: {str(e).splitlines()[0]}",
-                                path=path, fix=_FIX) from None
-    except Exception as e:
-        raise CorruptFileError(f"cannot read ({type(e).__name__}: {e})", path=path,
-                               fix="the file is damaged; copy common.pt again or pass --config-from") from None
+    with _damaged_as(path, "cannot read", fix="the file is damaged; copy common.pt again or pass --config-from"):
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace, *extra]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafePickleError(f"refused by the weights-only loader: {str(e).splitlines()[0]}",
+                                    path=path, fix=_FIX) from None
     if not isinstance(obj, dict):
         raise CorruptFileError(f"holds a {type(obj).__name__}, expected a dict with 'args'", path=path,
                                fix="pass --config-from DIR with the model's config.json")
@@ -202,11 +214,7 @@ def _rebuild_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_):
     return TensorRef(storage.key, dtype, int(offset), tuple(size), tuple(stride))
 
 
-class _TensorUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, where: str):
-        super().__init__(io.BytesIO(data))
-        self.where = where
-
+class _TensorUnpickler(_Restricted):
     def find_class(self, module: str, name: str):
         full = f"{module}.{name}"
         if full == "torch._utils._rebuild_tensor_v2":
@@ -219,24 +227,18 @@ class _TensorUnpickler(pickle.Unpickler):
             return name
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise UnsafePickleError(f"chunk pickle asks for global {full!r}; only plain tensors are allowed",
-                                path=self.where, fix=_FIX)
+        self.refuse(f"chunk pickle asks for global {full!r}; only plain tensors are allowed")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
-            raise UnsafePickleError(f"unexpected persistent id {bounded.short(pid)}", path=self.where, fix=_FIX)
+            self.refuse(f"unexpected persistent id {bounded.short(pid)}")
         return _Storage(str(pid[2]), _STORAGE_DTYPES[pid[1]])
 
 
 def parse_tensor_pickle(data: bytes, where: str) -> TensorRef:
     """Describe the tensor a torch.save `data.pkl` rebuilds, without building it."""
-    try:
+    with _damaged_as(where, "chunk pickle is damaged", fix="the .distcp file is damaged; copy it again"):
         ref = _TensorUnpickler(data, where).load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:
-        raise CorruptFileError(f"chunk pickle is damaged ({type(e).__name__}: {e})", path=where,
-                               fix="the .distcp file is damaged; copy it again") from None
     if not isinstance(ref, TensorRef):
         raise CorruptFileError(f"chunk holds a {type(ref).__name__}, expected a tensor", path=where,
                                fix="only tensor items can be converted")
