@@ -26,7 +26,7 @@ from .core.errors import BadInputError, RouteNotFoundError, UnsupportedError
 from .core.options import build, changed, takes_options
 from .core.output import parse_size
 from .core.pool import check_workers
-from .formats import all_formats, detect_format, open_source
+from .formats import all_formats, detect_format, open_source, read_config
 from .formats.dcp.writer import plan_files, plan_items
 from .formats.gguf.meta import refuse_if_unsupported
 from .formats.gguf.writer import GgufOptions
@@ -48,7 +48,7 @@ __all__ = ["HF_NAMED", "CommonOptions", "ConvertResult", "Dcp2stOptions", "DcpTo
            "pull", "push", "quiet_clients", "validate_mindie_dir",
            "dcp_to_hf", "dequantize_checkpoint", "from_gguf_file", "hf_to_dcp", "inspect_checkpoint",
            "open_checkpoint", "prepare", "quantize_checkpoint", "run_demo", "to_gguf_file", "to_hybrid_linear",
-           "tp_warnings", "verify", "with_config_from", "world"]
+           "tp_warnings", "verify", "with_config_from", "world", "read_config"]
 
 
 def graph() -> dict:

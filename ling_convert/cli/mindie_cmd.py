@@ -9,7 +9,6 @@ import typer
 
 from . import app
 from .common import api, DryRunOpt, ForceOpt, FromOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, WorkersOpt, err, out
-from ..core import bounded
 from .core import _run_convert
 
 VariantArg = Annotated[str, typer.Argument(help="MindIE variant: lite (Ling-lite, 1 node) or plus (Ling-plus, multi-node).")]
@@ -48,7 +47,7 @@ def _print_notes(root: Path) -> None:
     from ..api import mindie_layout as layout
     from ..api import mindie_notes as compat_notes
     from ..api import validate_mindie_dir
-    cfg = bounded.load_json(root / "config.json", "config.json")
+    cfg = api.read_config(root) or {}
     out.print(f"service config: {root / layout()['service_config']}  (copy to mindie-service/conf/config.json)",
               soft_wrap=True, markup=False, highlight=False)
     for note in compat_notes(cfg) + validate_mindie_dir(root):

@@ -176,6 +176,21 @@ class Source:
 _DIGITS = re.compile(r"(\d+)")
 
 
+def pack_by_budget(items: Iterable, size_of: Callable, max_bytes: int) -> list[list]:
+    """Greedy, order-keeping packing into groups of at most `max_bytes` (an item larger than the
+    budget gets a group of its own): shards of a safetensors output, files of a DCP."""
+    groups: list[list] = [[]]
+    size = 0
+    for it in items:
+        n = size_of(it)
+        if groups[-1] and size + n > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(it)
+        size += n
+    return groups if groups[0] else []
+
+
 @lru_cache(maxsize=1 << 18)     # a route sorts the same names several times
 def natural_key(name: str) -> tuple:
     """Sort 'layers.10' after 'layers.9' so shards follow the model's layer order."""

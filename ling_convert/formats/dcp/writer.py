@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ...core.errors import BadInputError, VerificationError
-from ...core.source import Source, TensorInfo, ordered
+from ...core.source import Source, TensorInfo, ordered, pack_by_budget
 from ..writer import manifest_for, plan_id, write_aux
 from .. import CONFIG
 from .reader import COMMON, MEGATRON_META, METADATA, read_metadata
@@ -60,16 +60,7 @@ def plan_items(src: Source) -> list[Item]:
 
 
 def plan_files(items: list[Item], max_bytes: int) -> list[list[Item]]:
-    files: list[list[Item]] = [[]]
-    size = 0
-    for it in items:
-        n = it.nbytes + _BLOB_OVERHEAD
-        if files[-1] and size + n > max_bytes:
-            files.append([])
-            size = 0
-        files[-1].append(it)
-        size += n
-    return files if files[0] else []
+    return pack_by_budget(items, lambda it: it.nbytes + _BLOB_OVERHEAD, max_bytes)
 
 
 class _HashingFile:

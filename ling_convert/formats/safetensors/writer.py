@@ -16,7 +16,7 @@ import torch
 
 from ...core import fastio
 from ...core.fill import FillPool, Piece, Region, copy_pieces
-from ...core.source import ST_NAMES, RawRange, Source, TensorInfo, ordered
+from ...core.source import ST_NAMES, RawRange, Source, TensorInfo, ordered, pack_by_budget
 
 from .header import INDEX
 
@@ -24,16 +24,7 @@ from .header import INDEX
 
 def plan_shards(infos: dict[str, TensorInfo], max_bytes: int) -> list[list[str]]:
     """Greedy byte-budget sharding in layer order (a tensor larger than the budget gets its own shard)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in ordered(infos):
-        n = infos[name].nbytes
-        if shards[-1] and size + n > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += n
-    return shards if shards[0] else []
+    return pack_by_budget(ordered(infos), lambda name: infos[name].nbytes, max_bytes)
 
 
 def shard_names(n: int, stem: str = "model", ext: str = "safetensors") -> list[str]:
