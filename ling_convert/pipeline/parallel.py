@@ -95,8 +95,17 @@ class _Group:
 
     def __init__(self, rank: int, size: int):
         self.rank, self.size = rank, size
-        if size > 1 and not torch.distributed.is_initialized():
+        self.owned = size > 1 and not torch.distributed.is_initialized()
+        if self.owned:
             torch.distributed.init_process_group("gloo")
+
+    def close(self) -> None:
+        # A gloo group left for interpreter exit can abort the rank ("terminate called without an
+        # active exception": its threads die joinable), which torchrun reports as a failed run
+        # after a complete output. Tear it down ourselves, once every rank has the outcome.
+        if self.owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.owned = False
 
     def share(self, obj):
         """Rank 0's `obj`, on every rank."""
@@ -119,6 +128,17 @@ def convert_parallel(src, out, *, to: str, options=None, from_format: str | None
     """Like `pipeline.convert` for HF-style targets, with shards split over ranks and pool workers."""
     rank, size = world()
     group = _Group(rank, size)
+    try:
+        return _convert_ranked(group, src, out, to=to, options=options, from_format=from_format,
+                               workers=workers, max_shard_size=max_shard_size, force=force, resume=resume,
+                               progress=progress)
+    finally:
+        group.close()
+
+
+def _convert_ranked(group: _Group, src, out, *, to, options, from_format, workers, max_shard_size, force,
+                    resume, progress) -> ConvertResult:
+    rank, size = group.rank, group.size
     options = as_mapping(options)           # the set options cross to worker processes as plain data
     if to == "fp8":
         options["workers"] = 1             # the quantize edge must not start a pool inside ours
