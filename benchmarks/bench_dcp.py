@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import cp_baseline, dir_bytes, ling, print_table, run_measured, synthetic_config, warm
+from common import STARTUP, cp_baseline, dir_bytes, ling, print_table, run_measured, synthetic_config, warm
 
 from ling_convert.converters import apply_route, plan_route
 from ling_convert.formats import get_format
@@ -88,9 +88,9 @@ def main() -> None:
     a = ap.parse_args()
     a.workdir.mkdir(exist_ok=True)
     floor = run_measured([sys.executable, "-c", "import torch"])["rss_mb"]
-    startup = min(run_measured(ling("formats", "--json"))["wall"] for _ in range(2))
+    startup = min(run_measured(STARTUP)["wall"] for _ in range(2))
     rows = [bench(s, a.workdir, floor, startup) for s in (a.size_gb, a.size_gb * a.scale)]
-    print(f"python + torch import alone: {floor:.0f} MB peak RSS; `ling-convert formats` (start-up only): "
+    print(f"python + torch import alone: {floor:.0f} MB peak RSS; interpreter + torch + library import (start-up only): "
           f"{startup:.2f} s (subtracted in ours_net_vs_cp_sync)")
     print_table("dcp2st (Megatron torch_dist DCP -> HF safetensors) vs cp", rows,
                 ["size_gb", "cp_s", "cp_sync_s", "ours_s", "ours_vs_cp", "ours_vs_cp_sync", "ours_net_vs_cp_sync",

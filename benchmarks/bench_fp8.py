@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import cp_baseline, dir_bytes, ling, print_table, settle, synthetic_config, write_synthetic
+from common import STARTUP, cp_baseline, dir_bytes, ling, print_table, settle, synthetic_config, write_synthetic
 
 # Like common.run_measured, plus CPU seconds (user + sys of the command and the workers it waited for):
 # on a shared machine CPU time shows the work done, wall time also shows what others took.
@@ -131,7 +131,7 @@ def bench(size_gb: float, work: Path, workers: int, repeat: int) -> dict:
     for d in (ours_out, naive_out, src):
         shutil.rmtree(d)
     # Both commands pay the interpreter + torch import once; this separates it from the per-GB work.
-    start = min(run_measured(ling("formats"))["wall"] for _ in range(repeat))
+    start = min(run_measured(STARTUP)["wall"] for _ in range(repeat))
     return {"size_gb": nbytes / 1e9, "ours_s": ours["wall"], "naive_s": naive["wall"], "cp_s": base["cp"],
             "startup_s": start, "x_naive_work": (naive["wall"] - start) / max(ours["wall"] - start, 1e-9),
             "cp_sync_s": base["cp_sync"], "x_naive": naive["wall"] / ours["wall"],

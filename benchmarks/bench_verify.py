@@ -13,7 +13,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import dir_bytes, ling, print_table, run_measured, settle, synthetic_config, write_synthetic
+from common import STARTUP, dir_bytes, ling, print_table, run_measured, settle, synthetic_config, write_synthetic
 
 
 def bench(size_gb: float, work: Path, repeat: int) -> dict:
@@ -23,7 +23,7 @@ def bench(size_gb: float, work: Path, repeat: int) -> dict:
     files = [str(f) for d in (a, b) for f in sorted(d.rglob("*")) if f.is_file()]
     row = {"layers": cfg["num_hidden_layers"], "model_gb": dir_bytes(a) / 1e9,
            "layer_mb": dir_bytes(a) / cfg["num_hidden_layers"] / 1e6}
-    for key, cmd in (("cat_s", ["cat", *files]), ("startup_s", ling("formats")),
+    for key, cmd in (("cat_s", ["cat", *files]), ("startup_s", STARTUP),
                      ("single_s", ling("verify", str(a), "--seq-len", "16")),
                      ("weights_s", ling("verify", str(a), str(b), "--weights-only")),
                      ("full_s", ling("verify", str(a), str(b), "--seq-len", "16"))):

@@ -141,6 +141,11 @@ def ling(*args: str) -> list[str]:
     return [sys.executable, "-m", "ling_convert", *args]
 
 
+# What a converting command pays before its first tensor: the interpreter, torch and the library.
+# (`ling-convert formats` no longer serves: it reads no tensor, so it never imports torch.)
+STARTUP = [sys.executable, "-c", "import ling_convert.api, ling_convert.cli"]
+
+
 def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
     print(f"\n## {title}\n")
     print("| " + " | ".join(cols) + " |")

@@ -116,8 +116,9 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def tiny_state(cfg: dict, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
-    """Yield (name, tensor) one at a time, deterministic for (cfg, seed)."""
+def tiny_state(cfg: dict, seed: int = 0, dtype: torch.dtype | None = None):
+    """Yield (name, tensor) one at a time, deterministic for (cfg, seed); bf16 unless `dtype`."""
+    dtype = torch.bfloat16 if dtype is None else dtype
     g = torch.Generator().manual_seed(seed)
     for name, shape in tensor_shapes(cfg).items():
         t = _init(name, shape, g)

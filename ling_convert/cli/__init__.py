@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ..core.deferred import defer
 from ..core.heap import fewer_gc_passes, return_big_buffers_to_os
 from ..core.errors import LingConvertError
 from ..core.plugins import load_modules
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) the process exit code."""
     return_big_buffers_to_os()
     fewer_gc_passes()
+    defer("torch", "nn", "nn.functional")   # imported on first use: header-only commands never pay for it
     _load_commands()
     with warnings.catch_warnings(record=True) as caught:
         code = _run(argv)

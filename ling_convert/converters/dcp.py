@@ -30,7 +30,7 @@ from ..formats import aux_files
 from ..formats.dcp.reader import reader_of
 from ..formats.dcp.megatron_config import args_vocab, tokenizer_ids
 from .dcp_keymap import TABLE, KeyMap, Rule
-from ..core.source import Source, TensorInfo, ordered
+from ..core.source import Source, TensorInfo, ordered, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ class ChunkedThunk:
         self.shape, self.dtype, self.chunks = shape, dtype, chunks
 
     def __call__(self) -> torch.Tensor:
-        out = torch.empty(self.shape, dtype=self.dtype)
+        out = torch.empty(self.shape, dtype=torch_dtype(self.dtype))
         for offsets, sizes, load in self.chunks:
             out[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))] = load()
         return out
@@ -306,9 +306,10 @@ def _inverse_one(src: Source, km: KeyMap, key: str, g: _Group, rows: int):
     if holes:
         raise UnknownTensorError(f"cannot build {key!r}: inputs for {dict(zip(g.axes, holes[0]))} are missing",
                                  path=src.path, tensor=names[0], fix="the checkpoint is incomplete")
-    dtypes = {src.infos[n].dtype for n in names}
+    dtypes = {src.infos[n].code for n in names}     # codes: planning (--dry-run) needs no torch
     if len(dtypes) != 1:
-        raise BadInputError(f"inputs of {key!r} mix dtypes {sorted(map(str, dtypes))}", path=src.path,
+        mixed = sorted({f"torch.{src.infos[n].dtype_name}" for n in names})
+        raise BadInputError(f"inputs of {key!r} mix dtypes {mixed}", path=src.path,
                             tensor=names[0], fix="cast the checkpoint to one dtype first")
     dtype, (fn, params) = dtypes.pop(), km.op(g.rule)
     first = g.slots[min(g.slots)]
@@ -323,7 +324,7 @@ def _inverse_one(src: Source, km: KeyMap, key: str, g: _Group, rows: int):
     chunks = [((*lead, *([0] * len(shape))), (1,) * k + tuple(shape), _inverse_loader(src, slot, fn, params, pad, k))
               for lead, slot in sorted(g.slots.items())]
     full = tuple(km.counts[a] for a in g.axes) + tuple(shape)
-    return TensorInfo(full, dtype), ChunkedThunk(full, dtype, chunks)
+    return TensorInfo(full, dtype), ChunkedThunk(full, dtype, chunks)   # dtype: a code until it is read
 
 
 def _inverse_loader(src: Source, names: list[str], fn: str, params: dict, pad: int | None, k: int):

@@ -40,8 +40,9 @@ class DequantizeOptions:
     workers: int | None = None
 
 SCALE_FMTS = ("float", "ue8m0", "ling")   # exact / all powers of two / Ling's recipe (policy's ue8m0 list)
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-HIGH_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# dtypes as safetensors codes: planning (and --dry-run) never touches torch (core/deferred.py)
+FLOAT8 = ("F8_E4M3", "F8_E5M2")
+HIGH_PRECISION = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 # Below this many bytes to quantise, starting worker processes costs more than it saves.
 AUTO_PARALLEL_BYTES = 64 << 20
 
@@ -57,7 +58,7 @@ def _quantize_job(w, *, scheme: str, block, pow2: bool, name: str):
 
 
 def _dequantize_job(q, s, *, scheme: str, block, dtype, name: str):
-    return (get_scheme(scheme).dequantize(q, s, block, dtype=dtype, name=name),)
+    return (get_scheme(scheme).dequantize(q, s, block, dtype=getattr(torch, dtype), name=name),)
 
 
 def _workers(opts, nbytes: int) -> int:
@@ -82,13 +83,13 @@ def _refuse_quantized(src: Source, suffix: str) -> None:
         raise BadInputError(f"config.json already has a quantization_config ({qc.get('quant_method')!r})",
                             path=src.path, fix="dequantize it first, or convert the original bf16 checkpoint")
     for name, info in src.infos.items():
-        if info.dtype in FLOAT8 or name.endswith(suffix):
+        if info.code in FLOAT8 or name.endswith(suffix):
             raise BadInputError("checkpoint is already FP8", path=src.path, tensor=name,
                                 fix="use `ling-convert dequantize` first, or start from the bf16 checkpoint")
 
 
 def _check_quantizable(src: Source, name: str, info: TensorInfo) -> None:
-    if len(info.shape) != 2 or info.dtype not in HIGH_PRECISION.values():
+    if len(info.shape) != 2 or info.code not in HIGH_PRECISION.values():
         raise BadInputError(f"policy says quantise, but it is {list(info.shape)} {info.dtype}; "
                             "block FP8 needs a 2-D bf16/fp16/fp32 weight", path=src.path, tensor=name,
                             fix="check the checkpoint against its config.json")
@@ -117,7 +118,7 @@ def quantize_edge(src: Source, opts: QuantizeOptions) -> Source:
         jobs[name] = Job(_quantize_job, (src.get(name),),
                          (("scheme", scheme.name), ("block", block), ("pow2", pow2), ("name", name)))
         infos[name] = TensorInfo(info.shape, scheme.storage_dtype)
-        infos[scheme.scale_name(name)] = TensorInfo(scheme.scale_shape(info.shape, block), torch.float32)
+        infos[scheme.scale_name(name)] = TensorInfo(scheme.scale_shape(info.shape, block), "F32")
     nbytes = sum(src.infos[n].nbytes for n in jobs)
     pre = Prefetch(jobs, workers=_workers(opts, nbytes), parts=2)
     for name in jobs:
@@ -177,12 +178,12 @@ def _pairs(src: Source, scheme, block) -> dict[str, str]:
         info = src.infos[name]
         weight = scheme.weight_name(name)
         if weight is not None:
-            if weight not in src.infos or src.infos[weight].dtype not in FLOAT8:
+            if weight not in src.infos or src.infos[weight].code not in FLOAT8:
                 found = "absent" if weight not in src.infos else f"stored as {src.infos[weight].dtype}"
                 raise ScaleMissingError(f"scale without its FP8 weight {weight!r} ({found})", path=src.path,
                                         tensor=name, fix="remove the stray scale or restore the weight's shard")
             scheme.check_scale(src.infos[weight].shape, info.shape, block, name)
-        elif info.dtype in FLOAT8:
+        elif info.code in FLOAT8:
             if scheme.scale_name(name) not in src.infos:
                 raise ScaleMissingError(f"FP8 weight has no {scheme.scale_name(name)!r}", path=src.path,
                                         tensor=name, fix="restore the missing scale (its shard?); "
@@ -193,11 +194,12 @@ def _pairs(src: Source, scheme, block) -> dict[str, str]:
     return pairs
 
 
-def _out_dtype(opts: DequantizeOptions, cfg: dict) -> torch.dtype:
+def _out_dtype(opts: DequantizeOptions, cfg: dict) -> str:
+    """The output dtype's name ("bfloat16")."""
     want = opts.dtype or cfg.get("torch_dtype") or "bfloat16"
     if want not in HIGH_PRECISION:
         raise BadInputError(f"cannot dequantise to {want!r}", fix=f"use one of: {', '.join(HIGH_PRECISION)}")
-    return HIGH_PRECISION[want]
+    return want
 
 
 @converter("fp8", "safetensors", lossless=False, name="dequantize", demo_options={}, options=DequantizeOptions)
@@ -218,13 +220,13 @@ def dequantize_edge(src: Source, opts: DequantizeOptions) -> Source:
         if name in scales:
             continue
         if name in pairs:
-            infos[name] = TensorInfo(src.infos[name].shape, dtype)
+            infos[name] = TensorInfo(src.infos[name].shape, HIGH_PRECISION[dtype])
             jobs[name] = Job(_dequantize_job, (src.get(name), src.get(pairs[name])),
                              (("scheme", scheme.name), ("block", block), ("dtype", dtype), ("name", name)))
         else:
             infos[name], thunks[name] = src.infos[name], src.get(name)
     pre = Prefetch(jobs, workers=_workers(opts, sum(src.infos[n].nbytes for n in jobs) * 2), parts=1)
     thunks.update({name: pre.thunk(name, 0) for name in jobs})
-    cfg["torch_dtype"] = str(dtype).replace("torch.", "")
+    cfg["torch_dtype"] = dtype
     notes = {**src.notes, "fp8": {"dequantized": len(jobs), "block": list(block), "dtype": cfg["torch_dtype"]}}
     return src.derive(infos=infos, thunks=thunks, config=cfg, notes=notes)

@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from ..core.errors import BadInputError, UnknownTensorError, UnsupportedError
-from ..core.source import PartedSource, Source, TensorInfo, Thunk, as_parted
+from ..core.source import PartedSource, Source, TensorInfo, Thunk, as_parted, torch_dtype
 from ..formats import aux_files
 from ..formats.gguf.meta import refuse_llama_defaults, table_for_config
 from ..formats.gguf.table import Group, group_names, rules
@@ -33,7 +32,7 @@ class FromGgufOptions:
     llama_defaults: bool = False
     tokenizer_dir: str | None = None
 
-OUT_DTYPES = {"keep": None, "f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+OUT_DTYPES = {"keep": None, "f32": "F32", "bf16": "BF16", "f16": "F16"}   # safetensors codes: no torch to plan
 
 
 # -- checks before export -------------------------------------------------------------
@@ -114,7 +113,7 @@ def to_gguf(src: Source, opts: GgufOptions) -> PartedSource:
         shapes = g.rule.op.forward_shapes(src.config, [src.info(n).shape for n in ins])
         outs = [g.fmt(p) for p in g.rule.gguf]
         baked = g.rule.op.float_out and bool(src.config.get("norm_head"))
-        dtype = torch.float32 if baked else src.info(ins[0]).dtype
+        dtype = "F32" if baked else src.info(ins[0]).code
         ths = output_thunks(g.rule.op.forward, src.config, [_checked_load(src, n) for n in ins], len(outs))
         for o, shape, th in zip(outs, shapes, ths):
             infos[o], thunks[o] = TensorInfo(tuple(shape), dtype), th
@@ -129,8 +128,8 @@ def to_gguf(src: Source, opts: GgufOptions) -> PartedSource:
 
 # -- from-gguf ------------------------------------------------------------------------------
 
-def _cast(th: Thunk, dtype: torch.dtype | None) -> Thunk:
-    return th if dtype is None else (lambda: th().to(dtype))
+def _cast(th: Thunk, dtype: str | None) -> Thunk:
+    return th if dtype is None else (lambda: th().to(torch_dtype(dtype)))
 
 
 @converter("gguf", "safetensors", lossless=False, name="from-gguf", demo_options={}, options=FromGgufOptions)
@@ -147,9 +146,9 @@ def from_gguf(src: Source, opts: FromGgufOptions) -> Source:
             raise UnknownTensorError("GGUF lacks a tensor of a group", path=src.path, tensor=missing[0],
                                      fix="the file is incomplete; re-export it")
         ins = [g.slots[i] for i in range(len(g.rule.gguf))]
-        kinds = {src.info(n).dtype for n in ins}
+        kinds = {src.info(n).code for n in ins}
         # q, k, v stored as different types (an F16 fallback beside Q8_0): merge them in float32
-        group_cast = cast or (None if len(kinds) == 1 else torch.float32)
+        group_cast = cast or (None if len(kinds) == 1 else "F32")
         dtype = group_cast or kinds.pop()
         shapes = g.rule.op.inverse_shapes(cfg, [src.info(n).shape for n in ins])
         if g.rule.op.name == "stack_experts":

@@ -21,7 +21,7 @@ import torch
 from ..model import arch as arch_mod
 from ..core import schemas
 from ..core.errors import BadInputError, UnsupportedError
-from ..core.source import Source, TensorInfo
+from ..core.source import Source, TensorInfo, torch_dtype
 from ..model.config import ModelConfig
 from ..model.ops import Op, split_qkv
 from . import converter
@@ -85,17 +85,19 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2 ** 63 - 1)
 
 
-def init_gate(name: str, shape: tuple[int, ...], dtype: torch.dtype, method: str, seed: int,
+def init_gate(name: str, shape: tuple[int, ...], dtype, method: str, seed: int,
               std: float) -> torch.Tensor:
-    """New g_proj weight: N(0, std^2) from its own generator ('normal') or zeros (every gate 0.5)."""
+    """New g_proj weight: N(0, std^2) from its own generator ('normal') or zeros (every gate 0.5);
+    `dtype` a torch dtype or a safetensors code."""
+    dtype = torch_dtype(dtype)
     if method == "zeros":
         return torch.zeros(shape, dtype=dtype)
     g = torch.Generator().manual_seed(tensor_seed(seed, name))
     return (torch.randn(shape, generator=g, dtype=torch.float32) * std).to(dtype)
 
 
-def _ones(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    return torch.ones(shape, dtype=dtype)
+def _ones(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    return torch.ones(shape, dtype=torch_dtype(dtype))
 
 
 def _relayout(src: Source, name: str, op: Op, params: dict) -> torch.Tensor:
@@ -231,7 +233,7 @@ def to_hybrid(src: Source, plan: HybridPlan) -> Source:
             raise BadInputError(f"expected shape {list(want)}, found {list(qkv.shape) if qkv else 'no tensor'}",
                                 path=src.path, tensor=prefix + "attention.query_key_value.weight",
                                 fix="check num_attention_heads / num_key_value_heads / head_dim in config.json")
-        dtype = qkv.dtype
+        dtype = qkv.code           # a safetensors code: --dry-run plans without torch
         for spec in specs:
             name = prefix + spec["suffix"]
             op = spec["op"]

@@ -22,39 +22,118 @@ import torch
 
 from .errors import BadInputError
 
-Thunk = Callable[[], torch.Tensor]
+Thunk = Callable[[], "torch.Tensor"]
 
-# safetensors dtype strings <-> torch dtypes. ref: safetensors docs, "Format".
-ST_DTYPES: Mapping[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+# safetensors dtype codes -> (torch dtype name, bytes per element). ref: safetensors docs,
+# "Format". Kept as strings so a header is read without touching torch (core/deferred.py).
+ST_CODES: Mapping[str, tuple[str, int]] = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+    "U8": ("uint8", 1), "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
 }
-ST_NAMES: Mapping[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
+_CODE_OF_NAME = {name: code for code, (name, _) in ST_CODES.items()}
 
 
-def dtype_size(dtype: torch.dtype) -> int:
+class _TorchTable(dict):
+    """A dict keyed by torch dtypes, built on first use (building it imports torch)."""
+
+    def __init__(self, build: Callable[[], dict]):
+        super().__init__()
+        self._build = build
+
+    def _fill(self) -> None:
+        if self._build is not None:
+            self.update(self._build())
+            self._build = None
+
+    def __getitem__(self, k):
+        self._fill()
+        return super().__getitem__(k)
+
+    def __contains__(self, k):
+        self._fill()
+        return super().__contains__(k)
+
+    def get(self, k, default=None):
+        self._fill()
+        return super().get(k, default)
+
+
+ST_DTYPES: Mapping[str, "torch.dtype"] = _TorchTable(lambda: {c: getattr(torch, n) for c, (n, _) in ST_CODES.items()})
+ST_NAMES: Mapping["torch.dtype", str] = _TorchTable(lambda: {getattr(torch, n): c for c, (n, _) in ST_CODES.items()})
+
+
+def dtype_code(dtype) -> str:
+    """The safetensors code of a torch dtype or of a code ("BF16"); a torch dtype safetensors has
+    no code for keeps its torch name ("complex64"), which no writer accepts."""
+    if isinstance(dtype, str):
+        if dtype in ST_CODES:
+            return dtype
+        raise ValueError(f"not a safetensors dtype code: {dtype!r}")
+    name = str(dtype).removeprefix("torch.")
+    return _CODE_OF_NAME.get(name, name)
+
+
+def torch_dtype(dtype) -> "torch.dtype":
+    """The torch dtype of a safetensors code ("BF16"), or `dtype` itself if it is one already."""
+    return getattr(torch, ST_CODES[dtype][0]) if isinstance(dtype, str) else dtype
+
+
+def dtype_size(dtype) -> int:
+    """Bytes per element of a torch dtype or a safetensors code."""
+    if isinstance(dtype, str):
+        return ST_CODES[dtype][1]
     return dtype.itemsize
 
 
-@dataclass(frozen=True)
 class TensorInfo:
-    """Shape and dtype of a tensor, known before its data is read."""
+    """Shape and dtype of a tensor, known before its data is read.
 
-    shape: tuple[int, ...]
-    dtype: torch.dtype
+    Built from a torch dtype or a safetensors code; kept as the code, so that header-only
+    paths never import torch. `.dtype` gives the torch dtype (and imports torch)."""
 
-    # Computed once: planning sums them for every tensor several times (Ling-1T: 62,336 tensors).
-    numel: int = field(init=False, repr=False, compare=False)
-    nbytes: int = field(init=False, repr=False, compare=False)
+    __slots__ = ("shape", "code", "numel", "nbytes", "_dtype")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "numel", math.prod(self.shape))
-        object.__setattr__(self, "nbytes", self.numel * dtype_size(self.dtype))
+    def __init__(self, shape: tuple[int, ...], dtype) -> None:
+        # Computed once: planning sums them for every tensor several times (Ling-1T: 62,336 tensors).
+        set_ = object.__setattr__
+        set_(self, "shape", tuple(shape))
+        set_(self, "code", dtype_code(dtype))
+        set_(self, "_dtype", None if isinstance(dtype, str) else dtype)
+        set_(self, "numel", math.prod(self.shape))
+        set_(self, "nbytes", self.numel * dtype_size(dtype))
+
+    def __setattr__(self, k, v):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {k!r}")
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        if self._dtype is None:
+            object.__setattr__(self, "_dtype", torch_dtype(self.code))
+        return self._dtype
+
+    @property
+    def dtype_name(self) -> str:
+        """The torch name of the dtype ("bfloat16"), without importing torch."""
+        return ST_CODES[self.code][0] if self.code in ST_CODES else self.code
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TensorInfo):
+            return NotImplemented
+        return self.shape == other.shape and self.code == other.code
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.code))
+
+    def __repr__(self) -> str:
+        return f"TensorInfo(shape={self.shape}, dtype={self.code})"
+
+    def __reduce__(self):
+        return (TensorInfo, (self.shape, self.code if self._dtype is None else self._dtype))
 
     @classmethod
-    def of(cls, t: torch.Tensor) -> "TensorInfo":
+    def of(cls, t: "torch.Tensor") -> "TensorInfo":
         return cls(tuple(t.shape), t.dtype)
 
 

@@ -38,7 +38,7 @@ def plan_id(src: Source, opts: WriteOptions, target: str) -> str:
     h.update(json.dumps([target, str(src.path), src.route, str(opts.max_shard_size),
                          sorted((k, repr(v)) for k, v in changed(opts.options).items())]).encode())
     for name, info in sorted(src.infos.items()):
-        h.update(f"{name}|{info.shape}|{info.dtype}\n".encode())
+        h.update(f"{name}|{info.shape}|torch.{info.dtype_name}\n".encode())   # torch-free, same text
     h.update(json.dumps(src.config, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 

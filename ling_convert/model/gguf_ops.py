@@ -17,7 +17,7 @@ import torch
 from ..core.errors import BadInputError
 from .config import ModelConfig
 from .ops import IDENTITY, Op, qkv_sizes, same, split_qkv, stack, unstack
-from ..core.source import PartedSource, Source, Thunk, as_parted  # noqa: F401  (as_parted: re-exported)
+from ..core.source import PartedSource, Source, Thunk, as_parted, torch_dtype  # noqa: F401  (as_parted: re-exported)
 
 # ref: llama.cpp conversion/bailingmoe.py and HF compute_logit: W / (||W||_2 over dim 0 + 1e-7).
 NORM_HEAD_EPS = 1e-7
@@ -136,11 +136,12 @@ class TakeOnce:
 
 
 def output_thunks(fn: Callable[[dict, list[torch.Tensor]], list[torch.Tensor]], cfg: dict,
-                  inputs: list[Thunk], n_out: int, cast: torch.dtype | None = None) -> list[Thunk]:
-    """Thunks for each output of `fn(cfg, [inputs...])`; inputs are read only when asked."""
+                  inputs: list[Thunk], n_out: int, cast=None) -> list[Thunk]:
+    """Thunks for each output of `fn(cfg, [inputs...])`, cast to `cast` (a torch dtype or a
+    safetensors code) if given; inputs are read only when asked."""
     def compute():
         outs = fn(cfg, [t() for t in inputs])
-        return [o.to(cast) if cast is not None else o for o in outs]
+        return [o.to(torch_dtype(cast)) if cast is not None else o for o in outs]
     if n_out == 1:
         return [lambda: compute()[0]]
     box = TakeOnce(compute)

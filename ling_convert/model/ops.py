@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-Tensors = list[torch.Tensor]
+Tensors = list["torch.Tensor"]
 Shapes = list[tuple[int, ...]]
 
 

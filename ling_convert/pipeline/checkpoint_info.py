@@ -24,7 +24,7 @@ def stored_dtypes(src) -> dict[str, dict[str, int]]:
         return {t: {"tensors": counts[t], "bytes": b} for t, b in sorted(gguf_types.items())}
     out: dict[str, dict[str, int]] = {}
     for i in src.infos.values():
-        d = out.setdefault(str(i.dtype).replace("torch.", ""), {"tensors": 0, "bytes": 0})
+        d = out.setdefault(i.dtype_name, {"tensors": 0, "bytes": 0})
         d["tensors"] += 1
         d["bytes"] += i.nbytes
     return dict(sorted(out.items()))

@@ -20,7 +20,7 @@ import torch
 from ..core.errors import BadInputError
 from . import Scheme
 
-FP8 = torch.float8_e4m3fn
+FP8 = "F8_E4M3"         # storage dtype, as a safetensors code: planning needs no torch
 FP8_MAX = 448.0          # largest finite float8_e4m3fn.
 AMAX_FLOOR = 1e-4        # all-zero blocks get a usable scale. ref: Ling-V2 per_block_cast_to_fp8
 DEFAULT_BLOCK = (128, 128)
@@ -102,7 +102,7 @@ def quantize(w: torch.Tensor, block: int | Block = DEFAULT_BLOCK, *, pow2: bool 
                             fix="keep this tensor in high precision (precision policy in schemas/precision/)")
     bm, bn = as_block(block)
     rows, cols = w.shape
-    q = torch.empty((rows, cols), dtype=FP8)
+    q = torch.empty((rows, cols), dtype=torch.float8_e4m3fn)
     s = torch.empty(scale_shape((rows, cols), (bm, bn)), dtype=torch.float32)
     step = _strip_rows(cols, bm)
     buf = torch.empty((min(step, rows), cols), dtype=torch.float32)
@@ -133,7 +133,7 @@ def check_scale(q_shape: tuple[int, ...], s_shape: tuple[int, ...], block: int |
 
 
 def dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: int | Block = DEFAULT_BLOCK, *,
-               dtype: torch.dtype = torch.bfloat16, name: str | None = None) -> torch.Tensor:
+               dtype: torch.dtype | None = None, name: str | None = None) -> torch.Tensor:
     """Exact inverse layout of `quantize`: w = cast_dtype(float32(q) * scale_inv), block by block.
 
     >>> w = dequantize(*quantize(torch.ones(3, 5), 128), 128, dtype=torch.float32); float(w.max())
@@ -146,7 +146,7 @@ def dequantize(q: torch.Tensor, scale_inv: torch.Tensor, block: int | Block = DE
     if not bool(torch.isfinite(s).all()):   # a damaged scale would silently give Inf/NaN weights
         raise BadInputError("scale holds NaN or Inf values", tensor=name,
                             fix="the scale tensor is damaged; re-download or re-quantise the checkpoint")
-    out = torch.empty((rows, cols), dtype=dtype)
+    out = torch.empty((rows, cols), dtype=torch.bfloat16 if dtype is None else dtype)   # None: bf16
     step = _strip_rows(cols, bm)
     buf = torch.empty((min(step, rows), cols), dtype=torch.float32)
     for r0 in range(0, rows, step):

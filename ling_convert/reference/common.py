@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..model.config import head_dim
 
-WeightFn = Callable[[str], torch.Tensor]
+WeightFn = Callable[[str], "torch.Tensor"]
 
 # Vocabulary rows upcast at once in the head; bounds the fp32 copy of a 157k-row lm_head.
 HEAD_CHUNK_ROWS = 16384

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import Format, register
 from .writer import write_dcp
 from .reader import detect, open_dcp

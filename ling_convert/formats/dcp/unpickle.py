@@ -24,6 +24,7 @@ import torch
 
 from ...core import bounded
 from ...core.errors import CorruptFileError, UnsafePickleError
+from ...core.source import torch_dtype
 
 _FIX = "do not load this file; get the checkpoint from a trusted source"
 METADATA_NAME = ".metadata"
@@ -61,12 +62,9 @@ def _record(full: str) -> type:
     return _RECORDS[full]
 
 
-_LAYOUTS = {"torch.strided": torch.strided, "torch.sparse_coo": torch.sparse_coo}
-
-
 def _get_layout(name: str):
     # Same contract as torch.serialization._get_layout, without importing anything by name.
-    return _LAYOUTS.get(name, torch.strided)
+    return torch.sparse_coo if name == "torch.sparse_coo" else torch.strided
 
 
 def _path(*parts):
@@ -84,12 +82,14 @@ _META_CLASSES = {
     "torch.distributed._shard.sharded_tensor.metadata.MEM_FORMAT_ENCODING",
 }
 _META_FUNCS = {
-    "torch.Size": torch.Size, "torch.serialization._get_layout": _get_layout,
+    "torch.Size": lambda *a: torch.Size(*a), "torch.serialization._get_layout": _get_layout,
     "collections.OrderedDict": OrderedDict, "builtins.set": set, "builtins.frozenset": frozenset,
     "pathlib.PosixPath": _path, "pathlib.Path": _path, "pathlib.PurePosixPath": _path,
     "pathlib.WindowsPath": _path,
 }
-_TORCH_VALUES = (torch.dtype, torch.layout, torch.memory_format)
+# Tables of torch objects are built on first use: importing this module must not import torch
+# (the CLI defers it, core/deferred.py).
+_TORCH_VALUES = lambda: (torch.dtype, torch.layout, torch.memory_format)  # noqa: E731
 
 
 @contextlib.contextmanager
@@ -121,7 +121,7 @@ class _MetadataUnpickler(_Restricted):
             return _record(full)
         if full in _META_FUNCS:
             return _META_FUNCS[full]
-        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES):
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES()):
             return getattr(torch, name)
         self.refuse(f"pickle asks for global {full!r}, which is not on the DCP allow-list; "
                     "refused without running it")
@@ -181,11 +181,11 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 # -- chunk blobs (one torch.save'd tensor each) ---------------------------------------
 
-_STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
+_STORAGE_DTYPES = {    # storage class -> safetensors code of its element type
+    "DoubleStorage": "F64", "FloatStorage": "F32", "HalfStorage": "F16",
+    "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
+    "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8",
+    "BoolStorage": "BOOL", "UntypedStorage": "U8",
 }
 
 
@@ -232,7 +232,7 @@ class _TensorUnpickler(_Restricted):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
             self.refuse(f"unexpected persistent id {bounded.short(pid)}")
-        return _Storage(str(pid[2]), _STORAGE_DTYPES[pid[1]])
+        return _Storage(str(pid[2]), torch_dtype(_STORAGE_DTYPES[pid[1]]))
 
 
 def parse_tensor_pickle(data: bytes, where: str) -> TensorRef:

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ...core.errors import BadInputError, VerificationError
-from ...core.source import Source, TensorInfo, ordered, pack_by_budget
+from ...core.source import Source, TensorInfo, dtype_code, dtype_size, ordered, pack_by_budget
 from ..writer import manifest_for, plan_id, write_aux
 from .. import CONFIG
 from .reader import COMMON, MEGATRON_META, METADATA, read_metadata
@@ -39,11 +39,11 @@ class Item:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     load: Callable[[], torch.Tensor]
-    dtype: torch.dtype
+    dtype: str          # safetensors code: planning (st2dcp --dry-run) needs no torch
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
+        n = dtype_size(self.dtype)
         for s in self.sizes:
             n *= s
         return n
@@ -55,7 +55,7 @@ def plan_items(src: Source) -> list[Item]:
     for name in ordered(src.infos):
         info, th = src.infos[name], src.get(name)
         chunks = getattr(th, "chunks", None) or [((0,) * len(info.shape), info.shape, th)]
-        items += [Item(name, tuple(o), tuple(s), load, info.dtype) for o, s, load in chunks]
+        items += [Item(name, tuple(o), tuple(s), load, info.code) for o, s, load in chunks]
     return items
 
 
@@ -99,7 +99,7 @@ def write_file(path: Path, items: list[Item], progress=None) -> tuple[str, list[
         f = _HashingFile(raw)
         for it in items:
             t = _owned(it.load())
-            if tuple(t.shape) != it.sizes or t.dtype != it.dtype:
+            if tuple(t.shape) != it.sizes or dtype_code(t.dtype) != it.dtype:
                 raise BadInputError(f"chunk at {it.offsets} is {t.dtype} {tuple(t.shape)}, planned {it.dtype} "
                                     f"{it.sizes}", tensor=it.fqn, fix="the source is inconsistent")
             start = f.pos
@@ -119,7 +119,7 @@ def write_file(path: Path, items: list[Item], progress=None) -> tuple[str, list[
     return f.sha.hexdigest(), placed
 
 
-def build_metadata(src: Source, placed: list[tuple[str, Item, int, int]]) -> Metadata:
+def build_metadata(src: Source, placed: list[tuple[str, Item, int, int]]) -> "torch.distributed.checkpoint.Metadata":
     """torch's own Metadata record for what was written (flat Megatron state dict)."""
     # NOTE: imported here: torch.distributed.checkpoint costs seconds of start-up that only st2dcp needs.
     from torch.distributed.checkpoint.filesystem import _StorageInfo

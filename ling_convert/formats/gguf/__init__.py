@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .. import Format, register
 from .writer import GgufOptions, write_gguf
 from .reader import detect, open_gguf

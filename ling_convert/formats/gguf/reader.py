@@ -23,7 +23,7 @@ import torch
 from ...core import schemas
 from ...core.errors import CorruptFileError, MissingShardError, UnsupportedError
 from ...core.names import compile_pattern
-from ...core.source import PartedSource, TensorInfo
+from ...core.source import PartedSource, TensorInfo, torch_dtype
 from ...model.config import config_int
 from ..safetensors import pread_flat
 from .guard import check_header
@@ -32,7 +32,7 @@ from .meta import read_kv, recover_config, table_for_arch
 MAGIC = b"GGUF"
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf\Z")
 QT = gguf.GGMLQuantizationType
-READ_DTYPES = {QT.F32: torch.float32, QT.F16: torch.float16, QT.BF16: torch.bfloat16}
+READ_DTYPES = {QT.F32: "F32", QT.F16: "F16", QT.BF16: "BF16"}   # as safetensors codes; the rest -> F32
 
 
 # -- reader -----------------------------------------------------------------------------
@@ -76,8 +76,8 @@ def _pread(path: Path, offset: int, n: int) -> memoryview:
 def _decode(buf: memoryview, qtype: QT, shape: tuple[int, ...]) -> torch.Tensor:
     """Raw GGUF bytes -> tensor: F32/F16/BF16 as themselves, quantised types dequantised to float32."""
     if qtype in READ_DTYPES:
-        return torch.frombuffer(buf, dtype=READ_DTYPES[qtype]).reshape(shape) if buf else \
-            torch.empty(shape, dtype=READ_DTYPES[qtype])
+        dtype = torch_dtype(READ_DTYPES[qtype])
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
     if not buf:   # a zero-sized quantised tensor: gguf-py cannot reshape an empty block array
         return torch.empty(shape, dtype=torch.float32)
     raw = np.frombuffer(buf, dtype=np.uint8).reshape(gguf.quant_shape_to_byte_shape(shape, qtype))
@@ -103,7 +103,7 @@ def _tensor_reader(path: Path, t) -> tuple[TensorInfo, object, list | None]:
                                tensor=t.name, fix="re-quantise the file to f16, bf16, q8_0 or q4_0")
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))   # ggml ne -> numpy order
     nbytes, off = int(t.n_bytes), int(t.data_offset)
-    info = TensorInfo(shape, READ_DTYPES.get(qtype, torch.float32))
+    info = TensorInfo(shape, READ_DTYPES.get(qtype, "F32"))
     thunk = lambda: _decode(_pread(path, off, nbytes), qtype, shape)  # noqa: E731
     parts = None
     if len(shape) >= 3:  # stacked experts: each one readable alone
@@ -169,6 +169,6 @@ def _fill_missing_tensors(table, cfg: dict, infos: dict, thunks: dict) -> list[d
             name = e["gguf"].format(layer=layer)
             if name not in infos:
                 shape = tuple(config_int(cfg, f) for f in e["zeros_shape"])
-                infos[name], thunks[name] = TensorInfo(shape, torch.float32), (lambda s=shape: torch.zeros(s))
+                infos[name], thunks[name] = TensorInfo(shape, "F32"), (lambda s=shape: torch.zeros(s))
                 issues.append({"key": name, "problem": f"missing: {e['silent_if_missing']}", "llama_default": "zeros"})
     return issues

@@ -14,7 +14,7 @@ import torch
 from ...core import bounded
 from ...core.fastio import pread_flat
 from ...core.errors import CorruptFileError
-from ...core.source import ST_DTYPES, TensorInfo
+from ...core.source import ST_CODES, TensorInfo
 
 
 
@@ -108,16 +108,15 @@ def _entry(path: Path, name: str, spec, data_start: int, size: int) -> Entry:
     if not isinstance(spec, dict):
         raise bad("header entry is not an object")
     dt = spec.get("dtype")
-    dtype = ST_DTYPES.get(dt) if isinstance(dt, str) else None
-    if dtype is None:
-        raise bad(f"unknown dtype {bounded.short(dt)}; expected one of {sorted(ST_DTYPES)}")
+    if not (isinstance(dt, str) and dt in ST_CODES):
+        raise bad(f"unknown dtype {bounded.short(dt)}; expected one of {sorted(ST_CODES)}")
     shape, offs = spec.get("shape"), spec.get("data_offsets")
     if not _ints(shape) or math.prod(shape) >= 1 << 63:
         raise bad(f"shape {bounded.short(shape)} is not a list of non-negative integers with an int64 size")
     if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int
             and 0 <= offs[0] <= offs[1] < 1 << 63):
         raise bad(f"data_offsets {bounded.short(offs)} are not [begin, end] with begin <= end")
-    info = TensorInfo(tuple(shape), dtype)
+    info = TensorInfo(tuple(shape), dt)
     if offs[1] - offs[0] != info.nbytes:
         raise bad(f"{dt} {shape} needs {info.nbytes} bytes but data_offsets span {offs[1] - offs[0]}")
     if data_start + offs[1] > size:

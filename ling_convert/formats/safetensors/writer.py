@@ -16,7 +16,7 @@ import torch
 
 from ...core import fastio
 from ...core.fill import FillPool, Piece, Region, copy_pieces
-from ...core.source import ST_NAMES, RawRange, Source, TensorInfo, ordered, pack_by_budget
+from ...core.source import RawRange, Source, TensorInfo, ordered, pack_by_budget
 
 from .header import INDEX
 
@@ -38,7 +38,7 @@ def header_bytes(infos: dict[str, TensorInfo], names: list[str], metadata: dict 
     off = 0
     for name in names:
         i = infos[name]
-        header[name] = {"dtype": ST_NAMES[i.dtype], "shape": list(i.shape), "data_offsets": [off, off + i.nbytes]}
+        header[name] = {"dtype": i.code, "shape": list(i.shape), "data_offsets": [off, off + i.nbytes]}
         off += i.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
