@@ -47,7 +47,8 @@ def write_synthetic_dcp(out: Path, size_gb: float) -> Path:
     for name, shape in tensor_shapes(cfg).items():
         dtype = torch.float32 if name.endswith("expert_bias") else torch.bfloat16
         infos[name], thunks[name] = TensorInfo(tuple(shape), dtype), _thunk(name, shape, dtype)
-    src = Source(path=out.parent, format="safetensors", config=cfg, infos=infos, thunks=thunks)
+    src = Source(path=out.with_name(out.name + ".synthetic"),   # generated: reads no file
+                  format="safetensors", config=cfg, infos=infos, thunks=thunks)
     lazy = apply_route(src, plan_route("safetensors", "dcp"))
     shutil.rmtree(out, ignore_errors=True)
     get_format("dcp").write(lazy, out, WriteOptions(max_shard_size="2GB"))

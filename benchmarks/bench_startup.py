@@ -62,6 +62,20 @@ def conversions(work: Path, runs: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def header_only(work: Path, runs: int) -> None:
+    """Commands that read no tensor data: they run without torch (core/deferred.py)."""
+    sys.path.insert(0, str(REPO))
+    from ling_convert.testing import write_tiny
+    st = str(write_tiny(work / "hdr", "ling-mini-2"))
+    ling = [sys.executable, "-m", "ling_convert"]
+    for label, args in (("formats", ["formats"]), ("inspect (safetensors)", ["inspect", st]),
+                        ("config validate", ["config", "validate", st]),
+                        ("yarn --dry-run", ["yarn", st, "--factor", "4", "--dry-run"]),
+                        ("quantize --dry-run", ["quantize", st, str(work / "q"), "--dry-run"]),
+                        ("to-gguf --dry-run", ["to-gguf", st, str(work / "g.gguf"), "--dry-run"])):
+        print(f"| `ling-convert {label}` (tiny Ling-mini-2.0) | {best_wall(ling + args, runs):.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -79,6 +93,7 @@ def main() -> None:
                           ("`python -c 'import ling_convert.api'`", [py, "-c", "import ling_convert.api"], heavy)):
         print(f"| {label} | {best_wall(cmd, k):.3f} |", flush=True)
     with tempfile.TemporaryDirectory(prefix="lc-startup-") as tmp:
+        header_only(Path(tmp), n)
         rows = conversions(Path(tmp), heavy)
     print("\n| tiny ling-lite conversion | whole CLI run s | same conversion in a warm process s | fixed cost s |")
     print("|---|---|---|---|")

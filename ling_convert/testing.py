@@ -24,19 +24,22 @@ _AUTO_MAP_V2 = {"AutoConfig": "configuration_bailing_moe_v2.BailingMoeV2Config",
 
 VOCAB = 320  # padded embedding rows; the tokenizer itself has fewer (as in the real models)
 
+# Keys and tiny sizes both generations share (each generation's own keys below).
+_SHARED = {
+    "attention_dropout": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0,
+    "eos_token_id": None, "pad_token_id": None, "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 128,
+    "max_position_embeddings": 512, "moe_intermediate_size": 32, "num_shared_experts": 1, "num_experts_per_tok": 2,
+    "norm_topk_prob": True, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+    "rope_theta": 600000, "rope_scaling": None, "vocab_size": VOCAB, "tie_word_embeddings": False,
+    "use_bias": False, "use_qkv_bias": False, "use_cache": True, "torch_dtype": "bfloat16",
+}
+
 # Ling-lite-shaped v1 (keys as the published Ling-lite-1.5 / MindIE configs).
 LING_LITE = {
-    "architectures": ["BailingMoeForCausalLM"], "model_type": "bailing_moe", "auto_map": _AUTO_MAP_V1,
-    "attention_dropout": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0,
-    "eos_token_id": None, "pad_token_id": None, "first_k_dense_replace": 0, "hidden_act": "silu",
-    "hidden_size": 64, "initializer_range": 0.006, "intermediate_size": 128,
-    "max_position_embeddings": 512, "moe_intermediate_size": 32, "num_experts": 4,
-    "num_shared_experts": 1, "num_experts_per_tok": 2, "norm_topk_prob": True,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
-    "rms_norm_eps": 1e-06, "rope_theta": 600000, "rope_scaling": None, "vocab_size": VOCAB,
-    "tie_word_embeddings": False, "norm_head": True, "norm_softmax": False,
-    "use_bias": False, "use_qkv_bias": False, "pretraining_tp": 1, "output_router_logits": False,
-    "use_cache": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.0",
+    "architectures": ["BailingMoeForCausalLM"], "model_type": "bailing_moe", "auto_map": _AUTO_MAP_V1, **_SHARED,
+    "first_k_dense_replace": 0, "initializer_range": 0.006, "num_experts": 4, "num_hidden_layers": 2,
+    "norm_head": True, "norm_softmax": False, "pretraining_tp": 1, "output_router_logits": False,
+    "transformers_version": "4.40.0",
 }
 
 # Ling-plus-shaped v1: explicit head_dim with heads*head_dim != hidden (the new Ling-plus layout).
@@ -45,19 +48,12 @@ LING_PLUS = {**LING_LITE, "num_attention_heads": 6, "num_key_value_heads": 2, "h
 
 # Ling-mini-2.0-shaped v2 with one MTP layer (keys as the Ling-V2 converter's gen_config).
 LING_MINI_2 = {
-    "architectures": ["BailingMoeV2ForCausalLM"], "model_type": "bailing_moe", "auto_map": _AUTO_MAP_V2,
-    "attention_dropout": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0,
-    "eos_token_id": None, "pad_token_id": None, "first_k_dense_replace": 1, "hidden_act": "silu",
-    "hidden_size": 64, "intermediate_size": 128, "max_position_embeddings": 512,
-    "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 32, "num_experts": 8,
-    "num_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
-    "norm_topk_prob": True, "routed_scaling_factor": 2.5, "score_function": "sigmoid",
-    "moe_router_enable_expert_bias": True, "router_dtype": "fp32",
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 3,
-    "num_nextn_predict_layers": 1, "partial_rotary_factor": 0.5, "use_qk_norm": True,
-    "use_rmsnorm": True, "rms_norm_eps": 1e-06, "rope_theta": 600000, "rope_scaling": None,
-    "vocab_size": VOCAB, "tie_word_embeddings": False, "use_bias": False, "use_qkv_bias": False,
-    "use_cache": True, "torch_dtype": "bfloat16", "transformers_version": "4.52.3",
+    "architectures": ["BailingMoeV2ForCausalLM"], "model_type": "bailing_moe", "auto_map": _AUTO_MAP_V2, **_SHARED,
+    "first_k_dense_replace": 1, "moe_shared_expert_intermediate_size": 32, "num_experts": 8,
+    "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "score_function": "sigmoid",
+    "moe_router_enable_expert_bias": True, "router_dtype": "fp32", "head_dim": 16, "num_hidden_layers": 3,
+    "num_nextn_predict_layers": 1, "partial_rotary_factor": 0.5, "use_qk_norm": True, "use_rmsnorm": True,
+    "transformers_version": "4.52.3",
 }
 
 TINY_MODELS = {"ling-lite": LING_LITE, "ling-plus": LING_PLUS, "ling-mini-2": LING_MINI_2}

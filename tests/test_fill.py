@@ -179,6 +179,19 @@ def test_dry_run_prints_the_workers(srcs, tmp_path, capsys, monkeypatch):
     assert "workers: 1 (--workers)" in capsys.readouterr().out
 
 
+def test_auto_workers_is_one_process_when_every_tensor_is_a_byte_copy(tiny, tmp_path, capsys, monkeypatch):
+    # Negative control first: the same source with a computing edge gets the cores.
+    monkeypatch.setattr(fill, "SMALL_RUN", 0)
+    monkeypatch.setattr(fill, "cores", lambda: 5)
+    src = tiny("ling-lite", "safetensors", 2)
+    assert main(["quantize", str(src), str(tmp_path / "q"), "--dry-run"]) == 0
+    assert "workers: 5 (5 cores available)" in capsys.readouterr().out
+    for args in (["to-mindie", "lite", str(src), str(tmp_path / "m")], ["bin2st", str(tiny("ling-lite", "bin")),
+                                                                         str(tmp_path / "b")]):
+        assert main([*args, "--dry-run"]) == 0
+        assert "workers: 1 (every tensor is copied as stored: one process)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("split", [None, "200KB"], ids=["one-file", "split"])
 def test_to_gguf_resume_with_workers(srcs, tmp_path, monkeypatch, split):
     """A to-gguf run with workers, stopped after some checkpoints, resumes with workers to the same bytes,

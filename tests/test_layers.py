@@ -158,3 +158,20 @@ def test_the_checker_sees_cycles_and_upward_imports():
     graph = {"formats.a": {"converters.b"}, "converters.b": {"formats.a"}, "core.c": set()}
     assert cycles(graph) == [["converters.b", "formats.a"]]
     assert upward(graph) == {("formats.a", "converters.b")}
+
+
+# What the CLI may import from the library besides `api`: the package root (its version) and the
+# process-level parts of core that must run before the library loads (deferred torch, malloc
+# tuning, command-module loading) or that the CLI edge maps to messages (the error hierarchy).
+CLI_MAY_IMPORT = {"api", "", "core.errors", "core.deferred", "core.heap", "core.plugins"}
+
+
+def cli_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(m, t) for m, ts in graph.items() if m == "cli" or m.startswith("cli.") or m == "__main__"
+            for t in ts if not (t == "cli" or t.startswith("cli.")) and t not in CLI_MAY_IMPORT}
+
+
+def test_the_cli_reaches_the_library_through_api():
+    assert cli_imports(import_graph()) == set()
+    # Negative control: a command importing a converter directly is caught.
+    assert cli_imports({"cli.fp8_cmd": {"converters.fp8", "api"}}) == {("cli.fp8_cmd", "converters.fp8")}

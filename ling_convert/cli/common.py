@@ -10,6 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
+def flag(name: str, help: str, kind=Optional[str]):
+    """A command's option alias on one line: `Annotated[kind, typer.Option(name, help=help)]`."""
+    return Annotated[kind, typer.Option(name, help=help)]
+
+
 SrcArg = Annotated[Path, typer.Argument(help="Source checkpoint (file or directory, any supported format).")]
 OutArg = Annotated[Path, typer.Argument(help="Output path (created atomically).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty output.")]

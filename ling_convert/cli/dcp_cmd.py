@@ -9,22 +9,22 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (api, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, TokDirOpt,
+from .common import (api, flag, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, TokDirOpt,
                      WorkersOpt, byte_progress, emit_json, err, human_bytes, out, workers_line)
 
-Bf16Opt = Annotated[bool, typer.Option("--force-bf16", help="Cast floating tensors to bf16 (expert_bias stays fp32).")]
-Fp8Opt = Annotated[bool, typer.Option("--force-fp8", help="Write block-FP8 (via the quantize edge) instead of bf16.")]
-ScaleFmtOpt = Annotated[Optional[str], typer.Option(
-    "--scale-fmt", help="With --force-fp8: ling (default): powers of two exactly where Ling-V2's converter uses "
-                        "them, byte-identical to its output; float: exact amax/448; ue8m0: all powers of two.")]
-VocabOpt = Annotated[Optional[int], typer.Option(
-    "--vocab-size", help="Real vocabulary size; padding rows are removed (default: config, args or tokenizer).")]
-UnmappedOpt = Annotated[bool, typer.Option(
-    "--allow-unmapped", help="Skip keys no mapping rule covers (listed in the manifest) instead of failing.")]
-PadOpt = Annotated[Optional[int], typer.Option(
-    "--padded-vocab-size", help="Zero-pad embedding/output rows to this many (Megatron pads to divisor x TP).")]
-StackOpt = Annotated[bool, typer.Option(
-    "--stack-layers", help="Write decoder layers as one tensor with a layer axis (homogeneous Megatron models).")]
+Bf16Opt = flag("--force-bf16", "Cast floating tensors to bf16 (expert_bias stays fp32).", bool)
+Fp8Opt = flag("--force-fp8", "Write block-FP8 (via the quantize edge) instead of bf16.", bool)
+ScaleFmtOpt = flag("--scale-fmt", help=("With --force-fp8: ling (default): powers of two exactly where Ling-V2's "
+                                        "converter uses them, byte-identical to its output; float: exact amax/448; "
+                                        "ue8m0: all powers of two."))
+VocabOpt = flag("--vocab-size", help=("Real vocabulary size; padding rows are removed (default: config, args or "
+                                      "tokenizer)."), kind=Optional[int])
+UnmappedOpt = flag("--allow-unmapped", help=("Skip keys no mapping rule covers (listed in the manifest) instead of "
+                                             "failing."), kind=bool)
+PadOpt = flag("--padded-vocab-size", help=("Zero-pad embedding/output rows to this many (Megatron pads to divisor x "
+                                           "TP)."), kind=Optional[int])
+StackOpt = flag("--stack-layers", help=("Write decoder layers as one tensor with a layer axis (homogeneous Megatron "
+                                        "models)."), kind=bool)
 
 
 def _report(r, as_json: bool) -> None:

@@ -17,7 +17,7 @@ ScaleFmtOpt = Annotated[str, typer.Option(
     "--scale-fmt", help="float: exact amax/448 scales; ue8m0: every scale a power of two (config scale_fmt); "
                         "ling: powers of two where Ling's recipe uses them (attention.dense, experts' gate/up).")]
 TpOpt = Annotated[Optional[int], typer.Option("--tp", help="Target tensor-parallel degree to check shapes for.")]
-DtypeOpt = Annotated[Optional[str], typer.Option(
+DequantDtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="Output dtype: bfloat16, float16 or float32 (default: config torch_dtype).")]
 
 
@@ -51,7 +51,7 @@ def quantize(src: SrcArg, dst: OutArg, scheme: SchemeOpt = "fp8-block", block_si
 
 
 @app.command()
-def dequantize(src: SrcArg, dst: OutArg, dtype: DtypeOpt = None, workers: WorkersOpt = None,
+def dequantize(src: SrcArg, dst: OutArg, dtype: DequantDtypeOpt = None, workers: WorkersOpt = None,
                max_shard_size: MaxShardOpt = "5GB", force: ForceOpt = False, resume: ResumeOpt = False,
                dry_run: DryRunOpt = False, as_json: JsonOpt = False):
     """Block-FP8 checkpoint -> bf16 safetensors; removes quantization_config and every scale."""

@@ -20,7 +20,7 @@ SplitOpt = Annotated[Optional[str], typer.Option(
 NoMtpOpt = Annotated[bool, typer.Option(
     "--no-mtp", help="Drop the MTP layers (block_count = num_hidden_layers, nextn_predict_layers = 0).")]
 GgufSrcArg = Annotated[Path, typer.Argument(help="GGUF file (for split files: any one of them).")]
-DtypeOpt = Annotated[str, typer.Option(
+GgufOutDtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="keep (F32/F16/BF16 as stored, quantised types as f32), f32, bf16 or f16.")]
 LlamaDefaultsOpt = Annotated[bool, typer.Option(
     "--llama-defaults", help="Read keys/tensors the file lacks the way llama.cpp does (e.g. no expert bias) "
@@ -53,7 +53,7 @@ def to_gguf(src: SrcArg, dst: OutArg, outtype: OuttypeOpt = "auto", split_max_si
 
 
 @app.command("from-gguf")
-def from_gguf(src: GgufSrcArg, dst: OutArg, dtype: DtypeOpt = "keep", tokenizer_dir: TokDirOpt = None,
+def from_gguf(src: GgufSrcArg, dst: OutArg, dtype: GgufOutDtypeOpt = "keep", tokenizer_dir: TokDirOpt = None,
               llama_defaults: LlamaDefaultsOpt = False, max_shard_size: MaxShardOpt = "5GB",
               force: ForceOpt = False, resume: ResumeOpt = False, as_json: JsonOpt = False):
     """llama.cpp GGUF -> HF safetensors: dequantised, experts unstacked, Q/K un-permuted."""

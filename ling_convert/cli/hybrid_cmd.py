@@ -8,19 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import DryRunOpt, api, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan
+from .common import DryRunOpt, api, flag, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan
 
-LinearLayersOpt = Annotated[Optional[str], typer.Option(
-    "--linear-layers", help="Comma list of layers to make linear, e.g. 0,1,2; must be a layer_group_size pattern.")]
-GroupOpt = Annotated[Optional[int], typer.Option(
-    "--layer-group-size", help="Layer l stays softmax iff (l+1) % K == 0 (and the tail); 1 = no linear layer. "
-                               "Default: 7 for v1, 5 for v2, at most the layer count.")]
-InitOpt = Annotated[Optional[str], typer.Option(
-    "--init", help="New g_proj weights: normal[:SEED] (std = initializer_range), zeros, or a bare SEED.")]
-GroupNormOpt = Annotated[Optional[int], typer.Option(
-    "--group-norm-size", help="v2 only: g_norm groups (default: one group per 4 heads).")]
-ModelingOpt = Annotated[Optional[Path], typer.Option(
-    "--modeling-dir", help="Directory with the hybrid remote-code *.py files to ship (sets auto_map).")]
+LinearLayersOpt = flag("--linear-layers", help=("Comma list of layers to make linear, e.g. 0,1,2; must be a "
+                                                "layer_group_size pattern."))
+GroupOpt = flag("--layer-group-size", help=("Layer l stays softmax iff (l+1) % K == 0 (and the tail); 1 = no linear "
+                                            "layer. Default: 7 for v1, 5 for v2, at most the layer count."), kind=Optional[int])
+InitOpt = flag("--init", "New g_proj weights: normal[:SEED] (std = initializer_range), zeros, or a bare SEED.")
+GroupNormOpt = flag("--group-norm-size", "v2 only: g_norm groups (default: one group per 4 heads).", Optional[int])
+ModelingOpt = flag("--modeling-dir", help="Directory with the hybrid remote-code *.py files to ship (sets auto_map).",
+                     kind=Optional[Path])
 
 
 @app.command("to-hybrid-linear")

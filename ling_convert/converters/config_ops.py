@@ -292,13 +292,13 @@ def _is_dcp_dir(path: Path) -> bool:
 def _checkpoint_config(path: Path, config_from, normalized: bool) -> dict:
     from ..formats import open_source
     src = open_source(path)
-    cfg, origin = src.config, src.notes.get("config_origin") or CONFIG
+    cfg, origin = src.config, src.config_origin or CONFIG
     if config_from is not None:
         cfg, origin = read_config(Path(config_from)), str(config_from)
         if cfg is None:
             raise BadInputError("no config.json here", path=config_from, fix="point --config-from at an HF model directory")
     if cfg is None:
-        why = src.notes.get("config_error") or "no config.json and no common.pt args to derive one from"
+        why = src.config_error or "no config.json and no common.pt args to derive one from"
         raise BadInputError(f"no config ({why})", path=path,
                             fix="pass --config-from HF_DIR (the HF model directory this checkpoint came from)")
     return {"kind": src.format, "path": str(path),

@@ -130,7 +130,7 @@ def _vocab(src: Source, rows: int, opts: DcpToHfOptions, tok: dict) -> tuple[int
     reader, cfg = reader_of(src), src.config
     if opts.vocab_size:
         return int(opts.vocab_size), "--vocab-size"
-    if src.notes.get("config_from") or src.notes.get("config_origin") == "config.json":
+    if src.config_from or src.config_origin == "config.json":
         return config_int(cfg, "vocab_size"), "config.json"
     args = reader.args if reader else None
     if args and args_vocab(args):

@@ -179,6 +179,9 @@ class Source:
     # Typed facts later modules branch on (the manifest's `notes` are for people, not for code):
     storage_type: str | None = None                       # quantised storage as read, e.g. GGUF "q8_0"
     hf_config: dict | None = None                         # the HF config behind a MindIE view (to-mindie)
+    config_origin: str | None = None                      # what gave `config` ("config.json", "common.pt args")
+    config_error: str | None = None                       # why no config could be had (DCP args), if none
+    config_from: str | None = None                        # --config-from: the HF dir `config` was taken from
 
     def __post_init__(self):
         if self.original_config is None and self.config is not None:
@@ -242,7 +245,7 @@ class Source:
     def inputs(self) -> list[Path]:
         """Every path this checkpoint is read from (its dir or file, aux files, --config-from): what a
         writer must never overwrite."""
-        extra = [Path(self.notes["config_from"])] if isinstance(self.notes.get("config_from"), str) else []
+        extra = [Path(self.config_from)] if self.config_from else []
         return [Path(self.path), *map(Path, self.aux.values()), *extra]
 
     def derive(self, **changes) -> "Source":

@@ -357,8 +357,9 @@ def open_dcp(path: Path) -> Source:
     infos = {n: TensorInfo(t.shape, t.dtype) for n, t in reader.tensors.items()}
     thunks = {n: DcpThunk(reader, n) for n in reader.tensors}
     aux = {k: v for k, v in aux_files(root).items() if k != MEGATRON_META}
-    notes = {"config_origin": origin} if config is not None else {"config_error": why}
-    return Source(path=root, format="dcp", config=config, infos=infos, thunks=thunks, aux=aux, notes=notes)
+    notes = {"config_origin": origin} if config is not None else {"config_error": why}   # for the manifest
+    return Source(path=root, format="dcp", config=config, infos=infos, thunks=thunks, aux=aux, notes=notes,
+                  config_origin=origin if config is not None else None, config_error=None if config is not None else why)
 
 
 def reader_of(src: Source) -> DcpReader | None:
