@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from . import app
 from .common import (api, flag, ConfigFromOpt, DryRunOpt, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, TokDirOpt,

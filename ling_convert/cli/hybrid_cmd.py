@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from . import app
 from .common import DryRunOpt, api, flag, ForceOpt, JsonOpt, MaxShardOpt, OutArg, ResumeOpt, SrcArg, emit_json, human_bytes, out, print_shard_plan

@@ -59,6 +59,21 @@ class UploadOutcome:
     pr_url: str | None = None
 
 
+class TokenHolder:
+    """What every backend shares about its credentials: whether it has a token, and a repr that
+    never shows it."""
+
+    _token: str | None
+    _endpoint: str | None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self._endpoint!r})"
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token)
+
+
 class HubBackend(Protocol):
     """What `sync` needs from a hub. Paths are POSIX, relative to the repo root."""
 

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import BadInputError, HubError
-from .base import RemoteFile, Snapshot, UploadOutcome, check_commit, scrub
+from .base import RemoteFile, Snapshot, TokenHolder, UploadOutcome, check_commit, scrub
 from .capped import capped_downloads
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 
-class HfBackend:
+class HfBackend(TokenHolder):
     hub = "hf"
     default_revision = "main"
 
@@ -29,13 +29,6 @@ class HfBackend:
         self._token = token or get_token()
         self._endpoint = endpoint
         self._api = HfApi(endpoint=endpoint, token=self._token)
-
-    def __repr__(self) -> str:  # never show the token
-        return f"HfBackend(endpoint={self._endpoint!r})"
-
-    @property
-    def has_token(self) -> bool:
-        return bool(self._token)
 
     # -- operations ----------------------------------------------------------------
     def create_repo(self, repo: str, *, private: bool) -> None:

@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_st
 from pathlib import Path
 
 from ..core.errors import BadInputError, HubError, UnsupportedError
-from .base import RemoteFile, Snapshot, UploadOutcome, scrub
+from .base import RemoteFile, Snapshot, TokenHolder, UploadOutcome, scrub
 from .errors import HubAuthError, HubTransient, HubUnreachable
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -28,7 +28,7 @@ def _quiet() -> bool:
     return QUIET
 
 
-class ModelScopeBackend:
+class ModelScopeBackend(TokenHolder):
     hub = "modelscope"
     default_revision = "master"
 
@@ -46,13 +46,6 @@ class ModelScopeBackend:
         self._api = HubApi(endpoint=endpoint, token=self._token or "", max_retries=3)
         # The shim's file listing drops the hashes; the package it wraps keeps them.
         self._files = FileApi(endpoint=endpoint, token=self._token or "")
-
-    def __repr__(self) -> str:  # never show the token
-        return f"ModelScopeBackend(endpoint={self._endpoint!r})"
-
-    @property
-    def has_token(self) -> bool:
-        return bool(self._token)
 
     def create_repo(self, repo: str, *, private: bool) -> None:
         with self._errors(repo):
