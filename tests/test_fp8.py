@@ -23,7 +23,7 @@ from ling_convert.quant import Scheme, all_schemes, get_scheme
 from ling_convert.quant.fp8_block import dequantize, quantize
 from ling_convert.core.output import sha256_file
 from ling_convert.quant.policy import load_policy
-from ling_convert.core.source import ST_NAMES
+from ling_convert.core.source import dtype_code
 from ling_convert.testing import TINY_MODELS, write_tiny
 from ling_convert.verify.logits import verify
 from ling_convert.formats.writer import WriteOptions, write_hf_dir
@@ -240,7 +240,7 @@ def test_quantized_layout_config_and_index(models, tmp_path, model):
             sc = h[name + "_scale_inv"]
             assert sc["dtype"] == "F32" and sc["shape"] == [math.ceil(t.shape[0] / 128), math.ceil(t.shape[1] / 128)]
         else:
-            assert h[name]["dtype"] == ST_NAMES[t.dtype] and name + "_scale_inv" not in h, name
+            assert h[name]["dtype"] == dtype_code(t.dtype) and name + "_scale_inv" not in h, name
     raw = open_source(out, "fp8")
     for name, t in before.items():
         if policy.action(name) != "quantize":   # kept tensors: bit-exact, expert_bias stays fp32

@@ -118,3 +118,14 @@ def test_tensor_info_keeps_a_code_and_matches_a_torch_dtype():
     assert pickle.loads(pickle.dumps(a)) == b and TensorInfo((2, 3), "F32") != a
     with pytest.raises(ValueError):
         TensorInfo((1,), "NOPE")
+
+
+def test_a_dtype_without_a_safetensors_code_is_refused_by_name():
+    import torch
+    from ling_convert.core.errors import UnsupportedError
+    from ling_convert.core.source import TensorInfo
+    from ling_convert.formats.safetensors.writer import header_bytes
+    infos = {"a": TensorInfo((2,), "BF16"), "z": TensorInfo((2,), torch.complex64)}
+    assert header_bytes(infos, ["a"])                      # a code safetensors has: fine
+    with pytest.raises(UnsupportedError, match="complex64 tensor has no safetensors form"):
+        header_bytes(infos, ["a", "z"])

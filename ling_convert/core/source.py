@@ -35,35 +35,6 @@ ST_CODES: Mapping[str, tuple[str, int]] = {
 _CODE_OF_NAME = {name: code for code, (name, _) in ST_CODES.items()}
 
 
-class _TorchTable(dict):
-    """A dict keyed by torch dtypes, built on first use (building it imports torch)."""
-
-    def __init__(self, build: Callable[[], dict]):
-        super().__init__()
-        self._build = build
-
-    def _fill(self) -> None:
-        if self._build is not None:
-            self.update(self._build())
-            self._build = None
-
-    def __getitem__(self, k):
-        self._fill()
-        return super().__getitem__(k)
-
-    def __contains__(self, k):
-        self._fill()
-        return super().__contains__(k)
-
-    def get(self, k, default=None):
-        self._fill()
-        return super().get(k, default)
-
-
-ST_DTYPES: Mapping[str, "torch.dtype"] = _TorchTable(lambda: {c: getattr(torch, n) for c, (n, _) in ST_CODES.items()})
-ST_NAMES: Mapping["torch.dtype", str] = _TorchTable(lambda: {getattr(torch, n): c for c, (n, _) in ST_CODES.items()})
-
-
 def dtype_code(dtype) -> str:
     """The safetensors code of a torch dtype or of a code ("BF16"); a torch dtype safetensors has
     no code for keeps its torch name ("complex64"), which no writer accepts."""

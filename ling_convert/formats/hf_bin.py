@@ -18,7 +18,7 @@ import torch
 
 from ..core import bounded
 from ..core.errors import BadInputError, CorruptFileError, UnsafePickleError, UnsupportedError
-from ..core.source import ST_NAMES, RawRange, Source, TensorInfo, is_contiguous
+from ..core.source import ST_CODES, RawRange, Source, TensorInfo, dtype_code, is_contiguous
 from . import Format, aux_files, read_config, register
 from .safetensors import pread_flat, shard_files
 
@@ -58,7 +58,7 @@ def _check_tensors(file: Path, sd: dict) -> None:
     """Refuse, by name, tensors that have no safetensors form (before their storages are located)."""
     for name, t in sd.items():
         kind = ("sparse" if t.layout != torch.strided else "quantised" if t.is_quantized
-                else None if t.dtype in ST_NAMES else str(t.dtype).replace("torch.", ""))
+                else None if dtype_code(t.dtype) in ST_CODES else str(t.dtype).replace("torch.", ""))
         if kind is not None:
             raise UnsupportedError(f"{kind} tensor ({t.dtype}, {t.layout}) has no safetensors form", path=file,
                                    tensor=name, fix="save dense tensors of a float, int8/16/32/64, uint8 or bool "

@@ -16,7 +16,8 @@ import torch
 
 from ...core import fastio
 from ...core.fill import FillPool, Piece, Region, copy_pieces
-from ...core.source import RawRange, Source, TensorInfo, ordered, pack_by_budget
+from ...core.errors import UnsupportedError
+from ...core.source import ST_CODES, RawRange, Source, TensorInfo, ordered, pack_by_budget
 
 from .header import INDEX
 
@@ -38,6 +39,9 @@ def header_bytes(infos: dict[str, TensorInfo], names: list[str], metadata: dict 
     off = 0
     for name in names:
         i = infos[name]
+        if i.code not in ST_CODES:
+            raise UnsupportedError(f"{i.dtype_name} tensor has no safetensors form", tensor=name,
+                                   fix="cast it to a float, int8/16/32/64, uint8 or bool dtype first")
         header[name] = {"dtype": i.code, "shape": list(i.shape), "data_offsets": [off, off + i.nbytes]}
         off += i.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
