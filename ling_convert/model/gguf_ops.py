@@ -19,7 +19,8 @@ from .config import ModelConfig
 from .ops import IDENTITY, Op, qkv_sizes, same, split_qkv, stack, unstack
 from ..core.source import PartedSource, Source, Thunk, as_parted, torch_dtype  # noqa: F401  (as_parted: re-exported)
 
-# ref: llama.cpp conversion/bailingmoe.py and HF compute_logit: W / (||W||_2 over dim 0 + 1e-7).
+# llama.cpp's converter bakes norm_head as the HF modeling code's compute_logit does:
+# W / (||W||_2 over dim 0 + 1e-7) (tests/test_gguf.py checks the baked output).
 NORM_HEAD_EPS = 1e-7
 
 

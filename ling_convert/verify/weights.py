@@ -30,7 +30,7 @@ from .bounds import GGUF_BOUNDS, cast_bound, e4m3_bound, fp8_derived_bound
 
 STRIP_BYTES = 64 << 20       # float32 bytes of one compared row strip
 WORST = 5                    # tensors listed by their closeness to the bound
-# ref: Ling modeling_bailing_moe.py compute_logit (norm_head), as converters/gguf_ops.py bakes it.
+# ref: Ling modeling_bailing_moe.py compute_logit (norm_head), as model/gguf_ops.py bakes it.
 NORM_HEAD_EPS = 1e-7
 V1_ARCHS = ("BailingMoeForCausalLM", "BailingMoeLinearForCausalLM")
 

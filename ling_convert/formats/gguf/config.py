@@ -33,7 +33,7 @@ PARAM_KEYS = {"factor": "factor", "original_max_position_embeddings": "original_
               "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow", "attention_factor": "yarn_attn_factor"}
 SUMMARY_ITEMS = 16  # longer arrays (tokenizer vocab) are shown as a count plus a digest
 _CHUNK = 1 << 24  # 16 MiB: the most tensor data held in memory at once
-# The HF config.json our own GGUF export embeds (formats/gguf_meta.py HF_CONFIG_KEY); llama.cpp ignores it.
+# The HF config.json our own GGUF export embeds (formats/gguf/meta.py HF_CONFIG_KEY); llama.cpp ignores it.
 HF_CONFIG_KEY = "ling_convert.hf_config"
 
 

@@ -5,7 +5,7 @@ make it loop, allocate or recurse without end, and it accepts tensors with more 
 dimensions or sharing one data offset. This walk checks every count against the bytes that
 remain, nesting, dimensions, tensor types, and that tensor data ranges lie in the file without
 overlapping. Linear in the header; token arrays are skipped by their lengths.
-ref: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (the file layout).
+The file layout is ggml's GGUF specification (v3), as gguf-py reads it.
 """
 
 from __future__ import annotations
