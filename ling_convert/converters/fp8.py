@@ -12,11 +12,9 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
-
 from ..core.errors import BadInputError, ScaleMissingError, UnsupportedError
 from ..core.pool import Job, Prefetch, check_workers, default_workers
-from ..core.source import Source, TensorInfo, ordered
+from ..core.source import Source, TensorInfo, ordered, torch_dtype
 from ..model.arch import detect_architecture, head_dim
 from ..model.config import config_int
 from ..quant import get_scheme
@@ -58,7 +56,7 @@ def _quantize_job(w, *, scheme: str, block, pow2: bool, name: str):
 
 
 def _dequantize_job(q, s, *, scheme: str, block, dtype, name: str):
-    return (get_scheme(scheme).dequantize(q, s, block, dtype=getattr(torch, dtype), name=name),)
+    return (get_scheme(scheme).dequantize(q, s, block, dtype=torch_dtype(dtype), name=name),)
 
 
 def _workers(opts, nbytes: int) -> int:
@@ -222,7 +220,8 @@ def dequantize_edge(src: Source, opts: DequantizeOptions) -> Source:
         if name in pairs:
             infos[name] = TensorInfo(src.infos[name].shape, HIGH_PRECISION[dtype])
             jobs[name] = Job(_dequantize_job, (src.get(name), src.get(pairs[name])),
-                             (("scheme", scheme.name), ("block", block), ("dtype", dtype), ("name", name)))
+                             (("scheme", scheme.name), ("block", block), ("dtype", HIGH_PRECISION[dtype]),
+                              ("name", name)))
         else:
             infos[name], thunks[name] = src.infos[name], src.get(name)
     pre = Prefetch(jobs, workers=_workers(opts, sum(src.infos[n].nbytes for n in jobs) * 2), parts=1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..core.errors import BadInputError, UnknownTensorError, UnsupportedError
 from ..core.source import PartedSource, Source, TensorInfo, Thunk, as_parted, torch_dtype
 from ..formats import aux_files

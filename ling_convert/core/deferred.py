@@ -7,12 +7,12 @@ library binds to it at no cost, and the first attribute read on it (`torch.bfloa
 `torch.load`, `import torch.nn`) imports the real torch and forwards to it from then on.
 
 Only the CLI calls this, once, at the start of its own process: a program that imports
-`ling_convert.api` gets the real torch at import time, as usual. Worker processes start
-from a fresh interpreter and import the real torch too.
+`ling_convert.api` gets the real torch at import time, as usual. Worker processes forked
+from the CLI inherit the stand-in and import the real torch on their first tensor.
 
-Code on a header-only path must therefore not read a torch attribute: tensor dtypes
-travel as safetensors codes (`core/source.py`, `TensorInfo.code`), and a module-level
-table of torch dtypes is built on first use, not at import.
+Code on a header-only path must therefore not read a torch attribute, not even at module
+level: tensor dtypes travel as safetensors codes (`core/source.py`, `TensorInfo.code`) and
+become torch dtypes (`torch_dtype`) only where a tensor is made.
 
     >>> defer("torch"); import torch; loaded("torch")   # doctest: +SKIP
     False

@@ -87,9 +87,6 @@ _META_FUNCS = {
     "pathlib.PosixPath": _path, "pathlib.Path": _path, "pathlib.PurePosixPath": _path,
     "pathlib.WindowsPath": _path,
 }
-# Tables of torch objects are built on first use: importing this module must not import torch
-# (the CLI defers it, core/deferred.py).
-_TORCH_VALUES = lambda: (torch.dtype, torch.layout, torch.memory_format)  # noqa: E731
 
 
 @contextlib.contextmanager
@@ -121,8 +118,10 @@ class _MetadataUnpickler(_Restricted):
             return _record(full)
         if full in _META_FUNCS:
             return _META_FUNCS[full]
-        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_VALUES()):
-            return getattr(torch, name)
+        # torch's types are read here, not at import: the CLI defers torch (core/deferred.py)
+        value = getattr(torch, name, None) if module == "torch" else None
+        if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+            return value
         self.refuse(f"pickle asks for global {full!r}, which is not on the DCP allow-list; "
                     "refused without running it")
 

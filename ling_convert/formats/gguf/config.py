@@ -24,6 +24,7 @@ from ...model.config_rewrite import diff, normalize_rope_scaling
 from ...core.errors import BadInputError, CorruptFileError, LingConvertError, UnsupportedError, VerificationError
 from ...core.guard import in_place_target
 from ...core.output import MANIFEST, StagedOutput
+from .meta import HF_CONFIG_KEY   # the HF config.json our own GGUF export embeds; llama.cpp ignores it
 
 ARCH_KEY = "general.architecture"
 CTX = "{arch}.context_length"
@@ -33,8 +34,6 @@ PARAM_KEYS = {"factor": "factor", "original_max_position_embeddings": "original_
               "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow", "attention_factor": "yarn_attn_factor"}
 SUMMARY_ITEMS = 16  # longer arrays (tokenizer vocab) are shown as a count plus a digest
 _CHUNK = 1 << 24  # 16 MiB: the most tensor data held in memory at once
-# The HF config.json our own GGUF export embeds (formats/gguf/meta.py HF_CONFIG_KEY); llama.cpp ignores it.
-HF_CONFIG_KEY = "ling_convert.hf_config"
 
 
 def located(where: Path, transform: Callable[[dict], dict], cfg: dict) -> dict:
